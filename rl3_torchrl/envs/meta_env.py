@@ -1,0 +1,268 @@
+"""The meta-episode machinery shared by every task family.
+
+A :class:`MetaTaskEnv` holds ``B`` tasks (one per batch row). The **meta-episode is the torchrl episode**: ``done``
+and ``terminated`` are set after ``horizon`` steps, and a reset draws a new task for the rows being reset. Inner
+episodes end and restart *inside* the env (at a terminal state, or after ``episode_length`` steps); the step
+reports it as data, together with the state actually reached before the restart, so that a model of the task can
+record true transitions while the policy sees the restart state.
+
+Subclasses describe one task family through four hooks: ``_sample_tasks(mask)`` (draw task parameters for the
+masked rows), ``_advance(state, action)`` (one transition of the true dynamics), ``_observe(state)`` (the
+observation of a state) and ``_task_tensors()`` (the exact tabular model, for :meth:`MetaTaskEnv.task_mdp`).
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+from tensordict import TensorDict, TensorDictBase
+from torchrl.data import Bounded, Categorical, Composite, Unbounded
+from torchrl.envs import EnvBase
+
+from rl3_torchrl._validation import check_choice, check_int
+
+SPLITS = ("train", "test")
+
+# Keys written by every meta-task env, besides "observation", "reward" and the done keys.
+STATE_KEY = "state"
+META_STEP_KEY = "meta_step"
+EPISODE_STEP_KEY = "episode_step"
+INNER_DONE_KEY = "inner_done"
+INNER_TERMINATED_KEY = "inner_terminated"
+REACHED_STATE_KEY = "reached_state"
+
+
+def stream_seed(seed: int, split: str, stream: str) -> int:
+    """A 63-bit generator seed for one named random stream of one split.
+
+    Train and test streams of the same ``seed`` come from different entropy pools (numpy's ``SeedSequence``), so
+    held-out tasks never repeat the training stream.
+
+    Examples:
+        >>> stream_seed(0, "train", "tasks") != stream_seed(0, "test", "tasks")
+        True
+    """
+    words = [int(seed) & 0xFFFFFFFF, int(seed) >> 32 & 0xFFFFFFFF, SPLITS.index(split), sum(map(ord, stream))]
+    hi, lo = np.random.SeedSequence(words).generate_state(2, dtype=np.uint32)
+    return (int(hi) << 31) ^ int(lo)
+
+
+class MetaTaskEnv(EnvBase):
+    """Base class of batched meta-RL task families (one task per batch row).
+
+    Args:
+        num_envs (int): the number of tasks held at once (the env's ``batch_size`` is ``[num_envs]``).
+        n_states (int): the number of states of each task.
+        n_actions (int): the number of actions.
+        horizon (int): ``H``, the meta-episode length in steps.
+        episode_length (int or None): inner episodes are cut after this many steps; ``None`` means they end only
+            at terminal states.
+        observation_dim (int): the size of the ``observation`` vector.
+
+    Keyword Args:
+        split (str): ``"train"`` or ``"test"``; the two draw tasks from disjoint random streams.
+        seed (int): the seed of the task and dynamics streams.
+        validate_actions (bool): check every action's dtype, shape and range (one host sync per step on GPU).
+        device: the device of every tensor of the env.
+
+    Output keys (besides ``reward`` and ``done``/``terminated``/``truncated``):
+        ``observation`` (float, ``[B, observation_dim]``), ``state`` (int64 ``[B]``, the current state index),
+        ``meta_step`` (``t / H``, ``[B, 1]``), ``episode_step`` (``τ / T`` with ``T = episode_length`` or ``H``),
+        ``inner_done`` (bool ``[B, 1]``: the inner episode ended on this step and the env restarted it),
+        ``inner_terminated`` (bool ``[B, 1]``: it ended at a terminal state) and ``reached_state`` (int64 ``[B]``,
+        the state the transition reached, before any restart).
+    """
+
+    batch_locked = True
+    PRESETS: dict[str, dict] = {}
+
+    def __init__(
+        self,
+        num_envs: int,
+        n_states: int,
+        n_actions: int,
+        horizon: int,
+        episode_length: int | None,
+        observation_dim: int,
+        *,
+        split: str = "train",
+        seed: int = 0,
+        validate_actions: bool = True,
+        device=None,
+    ):
+        num_envs = check_int("num_envs", num_envs, low=1)
+        super().__init__(device=device, batch_size=torch.Size([num_envs]))
+        self.n_states = check_int("n_states", n_states, low=1)
+        self.n_actions = check_int("n_actions", n_actions, low=1)
+        self.horizon = check_int("horizon", horizon, low=1)
+        self.episode_length = None if episode_length is None else check_int("episode_length", episode_length, low=1)
+        self.split = check_choice("split", split, SPLITS)
+        self.validate_actions = bool(validate_actions)
+        self._observation_dim = observation_dim
+        self._has_tasks = False
+        zeros = torch.zeros(num_envs, dtype=torch.long, device=self.device)
+        self.register_buffer("_state", zeros.clone())
+        self.register_buffer("_start_state", zeros.clone())
+        self.register_buffer("_meta_t", zeros.clone())
+        self.register_buffer("_episode_t", zeros.clone())
+        self._make_specs()
+        self.set_seed(check_int("seed", seed))
+
+    # ------------------------------------------------------------------ construction
+    @classmethod
+    def from_preset(cls, name: str, num_envs: int = 1, **overrides):
+        """Build the env from a named preset of :attr:`PRESETS`; keyword arguments override the preset.
+
+        Examples:
+            >>> from rl3_torchrl.envs import RandomMDPEnv
+            >>> RandomMDPEnv.from_preset("ood", num_envs=2).dirichlet_alpha
+            0.25
+        """
+        check_choice("preset", name, cls.PRESETS)
+        return cls(num_envs, **{**cls.PRESETS[name], **overrides})
+
+    def _make_specs(self) -> None:
+        batch = self.batch_size
+        flag = Categorical(2, shape=(*batch, 1), dtype=torch.bool, device=self.device)
+        fraction = Bounded(0.0, 1.0, shape=(*batch, 1), dtype=torch.float32, device=self.device)
+        state = Categorical(self.n_states, shape=batch, dtype=torch.long, device=self.device)
+        self.observation_spec = Composite(
+            {
+                "observation": Bounded(
+                    0.0, 1.0, shape=(*batch, self._observation_dim), dtype=torch.float32, device=self.device
+                ),
+                STATE_KEY: state,
+                REACHED_STATE_KEY: state.clone(),
+                META_STEP_KEY: fraction,
+                EPISODE_STEP_KEY: fraction.clone(),
+                INNER_DONE_KEY: flag,
+                INNER_TERMINATED_KEY: flag.clone(),
+            },
+            shape=batch,
+        )
+        self.action_spec = Categorical(self.n_actions, shape=batch, dtype=torch.long, device=self.device)
+        self.reward_spec = Unbounded(shape=(*batch, 1), dtype=torch.float32, device=self.device)
+        self.full_done_spec = Composite(
+            {key: flag.clone() for key in ("done", "terminated", "truncated")}, shape=batch
+        )
+
+    # ------------------------------------------------------------------ seeding
+    def _set_seed(self, seed: int | None) -> None:
+        seed = 0 if seed is None else int(seed)
+        self._task_rng = torch.Generator(device=self.device).manual_seed(stream_seed(seed, self.split, "tasks"))
+        self._dynamics_rng = torch.Generator(device=self.device).manual_seed(
+            stream_seed(seed, self.split, "dynamics")
+        )
+
+    # ------------------------------------------------------------------ subclass hooks
+    def _sample_tasks(self, mask: torch.Tensor) -> None:
+        """Draw new task parameters (and ``_start_state``) for the rows where ``mask`` ([B] bool) is True."""
+        raise NotImplementedError
+
+    def _advance(self, state: torch.Tensor, action: torch.Tensor):
+        """One transition of the true dynamics: returns ``(next_state, reward [B], terminal [B] bool)``."""
+        raise NotImplementedError
+
+    def _observe(self, state: torch.Tensor) -> torch.Tensor:
+        """The ``[B, observation_dim]`` float observation of ``state``."""
+        raise NotImplementedError
+
+    def _task_tensors(self) -> dict:
+        """``transition [B,S,A,S]``, ``reward [B,S,A]`` (mean) and ``terminal [B,S]`` of the current tasks."""
+        raise NotImplementedError
+
+    # ------------------------------------------------------------------ EnvBase
+    def _reset(self, tensordict: TensorDictBase | None, **kwargs) -> TensorDictBase:
+        reset = None if tensordict is None else tensordict.get("_reset", None)
+        if reset is None:
+            mask = torch.ones(self.batch_size, dtype=torch.bool, device=self.device)
+        else:
+            mask = reset.reshape(self.batch_size)
+        self._sample_tasks(mask)
+        self._has_tasks = True
+        self._state = torch.where(mask, self._start_state, self._state)
+        self._meta_t = torch.where(mask, 0, self._meta_t)
+        self._episode_t = torch.where(mask, 0, self._episode_t)
+        no = torch.zeros((*self.batch_size, 1), dtype=torch.bool, device=self.device)
+        return self._output(self._state, no, no, no)
+
+    def _step(self, tensordict: TensorDictBase) -> TensorDictBase:
+        action = tensordict.get("action")
+        if self.validate_actions:
+            self._check_action(action)
+        reached, reward, terminal = self._advance(self._state, action)
+        self._meta_t = self._meta_t + 1
+        self._episode_t = self._episode_t + 1
+        inner_done = terminal
+        if self.episode_length is not None:
+            inner_done = inner_done | (self._episode_t >= self.episode_length)
+        self._state = torch.where(inner_done, self._start_state, reached)
+        self._episode_t = torch.where(inner_done, 0, self._episode_t)
+        done = (self._meta_t >= self.horizon).unsqueeze(-1)
+        out = self._output(reached, inner_done.unsqueeze(-1), terminal.unsqueeze(-1), done)
+        out.set("reward", reward.to(torch.float32).unsqueeze(-1))
+        return out
+
+    def _output(self, reached, inner_done, inner_terminated, done) -> TensorDict:
+        episode_norm = self.horizon if self.episode_length is None else self.episode_length
+        return TensorDict(
+            {
+                "observation": self._observe(self._state),
+                STATE_KEY: self._state,
+                REACHED_STATE_KEY: reached,
+                META_STEP_KEY: (self._meta_t.to(torch.float32) / self.horizon).unsqueeze(-1),
+                EPISODE_STEP_KEY: (self._episode_t.to(torch.float32) / episode_norm).unsqueeze(-1),
+                INNER_DONE_KEY: inner_done,
+                INNER_TERMINATED_KEY: inner_terminated,
+                "done": done,
+                "terminated": done.clone(),
+                "truncated": torch.zeros_like(done),
+            },
+            batch_size=self.batch_size,
+            device=self.device,
+        )
+
+    def _check_action(self, action) -> None:
+        if not isinstance(action, torch.Tensor):
+            raise TypeError(f"action must be a torch.Tensor, got {type(action).__name__}.")
+        if action.dtype.is_floating_point or action.dtype.is_complex or action.dtype == torch.bool:
+            raise TypeError(f"action must have an integer dtype (action indices), got dtype={action.dtype}.")
+        if action.shape != self.batch_size:
+            raise ValueError(
+                f"action must have shape {tuple(self.batch_size)} (one index per task), got {tuple(action.shape)}."
+            )
+        bad = (action < 0) | (action >= self.n_actions)
+        if bool(bad.any()):
+            raise ValueError(
+                f"action values must be in [0, {self.n_actions - 1}], got {action[bad][:5].tolist()} "
+                f"(first offending rows {bad.nonzero().flatten()[:5].tolist()})."
+            )
+
+    # ------------------------------------------------------------------ inspection
+    def task_mdp(self) -> TensorDict:
+        """The exact tabular model of the current tasks.
+
+        Returns a TensorDict of batch size ``[B]`` with ``transition`` ``[B, S, A, S]``, ``reward`` ``[B, S, A]``
+        (the mean reward of taking ``a`` in ``s``), ``terminal`` ``[B, S]`` (entering the state ends the inner
+        episode), ``start_state`` ``[B]`` and ``episode_length`` ``[B]`` (0 where inner episodes have no time
+        limit). It is what :func:`~rl3_torchrl.envs.oracle_return` solves.
+
+        Examples:
+            >>> from rl3_torchrl.envs import RandomMDPEnv
+            >>> env = RandomMDPEnv(num_envs=3, seed=0)
+            >>> _ = env.reset()
+            >>> env.task_mdp()["transition"].shape
+            torch.Size([3, 10, 5, 10])
+        """
+        if not self._has_tasks:
+            raise RuntimeError("task_mdp() needs tasks: call env.reset() first.")
+        tensors = self._task_tensors()
+        limit = 0 if self.episode_length is None else self.episode_length
+        return TensorDict(
+            {
+                **tensors,
+                "start_state": self._start_state.clone(),
+                "episode_length": torch.full(self.batch_size, limit, dtype=torch.long, device=self.device),
+            },
+            batch_size=self.batch_size,
+            device=self.device,
+        )

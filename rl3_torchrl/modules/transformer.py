@@ -1,0 +1,429 @@
+"""Causal Transformer backbone with a module-owned KV cache, wrapped as a TensorDictModule.
+
+Two execution paths share the very same weights and code:
+
+* the **window path** (training, ``recurrent_mode()`` is True, e.g. inside every ``LossModule.forward``)
+  encodes whole ``[B, T, F]`` sequences under a causal mask; ``is_init`` inside a row starts a new
+  meta-episode (block-diagonal mask, positions restart);
+* the **step path** (collection) encodes one token per stream and call against a key/value cache kept by
+  :class:`TransformerModule` itself, outside the TensorDict, so collected data do not grow with the context.
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+from tensordict import TensorDictBase
+from tensordict.nn import TensorDictModuleBase
+from torch import nn
+from torchrl.modules import recurrent_mode
+
+__all__ = ["CausalTransformer", "TransformerModule"]
+
+_MAX_LEN_HINT = "max_len must be >= H + 1, where H is the meta-episode length (env.horizon)"
+
+
+def _check_positive(name: str, value: int) -> None:
+    if not isinstance(value, int) or value <= 0:
+        raise ValueError(f"{name} must be a positive integer, got {name}={value!r}.")
+
+
+class _CausalSelfAttention(nn.Module):
+    """Multi-head self-attention whose q/k/v projection is shared by the window and step paths."""
+
+    def __init__(self, d_model: int, num_heads: int, dropout: float, device=None, dtype=None):
+        super().__init__()
+        if d_model % num_heads:
+            raise ValueError(
+                f"d_model must be divisible by num_heads, got d_model={d_model}, num_heads={num_heads}."
+            )
+        self.num_heads = num_heads
+        self.dropout = dropout
+        self.qkv = nn.Linear(d_model, 3 * d_model, device=device, dtype=dtype)
+        self.proj = nn.Linear(d_model, d_model, device=device, dtype=dtype)
+
+    def qkv_heads(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``x [N, L, d]`` -> q, k, v, each ``[N, heads, L, d // heads]``."""
+        n, length, d = x.shape
+        qkv = self.qkv(x).view(n, length, 3, self.num_heads, d // self.num_heads)
+        return qkv.permute(2, 0, 3, 1, 4).unbind(0)
+
+    def attend(self, q, k, v, attn_mask=None, is_causal=False) -> torch.Tensor:
+        """Scaled dot-product attention followed by the output projection; returns ``[N, L, d]``."""
+        out = F.scaled_dot_product_attention(
+            q,
+            k,
+            v,
+            attn_mask=attn_mask,
+            is_causal=is_causal,
+            dropout_p=self.dropout if self.training else 0.0,
+        )
+        return self.proj(out.transpose(1, 2).flatten(-2))
+
+
+class _DecoderLayer(nn.Module):
+    """Post-LN decoder block: ``x = LN(x + attn(x)); x = LN(x + ffn(x))``."""
+
+    def __init__(self, d_model, num_heads, ffn_dim, dropout, device=None, dtype=None):
+        super().__init__()
+        self.attn = _CausalSelfAttention(d_model, num_heads, dropout, device=device, dtype=dtype)
+        self.norm1 = nn.LayerNorm(d_model, device=device, dtype=dtype)
+        self.ffn = nn.Sequential(
+            nn.Linear(d_model, ffn_dim, device=device, dtype=dtype),
+            nn.GELU(),
+            nn.Linear(ffn_dim, d_model, device=device, dtype=dtype),
+            nn.Dropout(dropout),
+        )
+        self.norm2 = nn.LayerNorm(d_model, device=device, dtype=dtype)
+        self.drop = nn.Dropout(dropout)
+
+    def finish(self, x: torch.Tensor, attn_out: torch.Tensor) -> torch.Tensor:
+        """Residual + norm around the attention output, then the feed-forward sub-block."""
+        x = self.norm1(x + self.drop(attn_out))
+        return self.norm2(x + self.ffn(x))
+
+
+class _StreamCache:
+    """Per-stream state of the step path (plain tensors, never in a TensorDict or a state_dict).
+
+    ``tokens [N, max_len, F]`` keeps the raw inputs of the current streams so that K/V can be recomputed when
+    the parameters change; ``keys``/``values`` hold one ``[N, heads, max_len, d_head]`` tensor per layer;
+    ``length [N]`` is the number of tokens of each stream; ``bound`` is a Python-side upper bound on
+    ``length.max()`` so that the step path attends over a prefix without a host sync.
+    """
+
+    def __init__(self, n, in_features, model: CausalTransformer, device, dtype):
+        heads = model.layers[0].attn.num_heads if len(model.layers) else 1
+        shape = (n, heads, model.max_len, model.d_model // heads)
+        zeros = dict(device=device, dtype=dtype)
+        # zero-filled (not empty): masked slots are multiplied by 0 weights and must be finite
+        self.tokens = torch.zeros(n, model.max_len, in_features, **zeros)
+        self.keys = [torch.zeros(shape, **zeros) for _ in model.layers]
+        self.values = [torch.zeros(shape, **zeros) for _ in model.layers]
+        self.length = torch.zeros(n, dtype=torch.long, device=device)
+        self.rows = torch.arange(n, device=device)
+        self.bound = 0
+        self.fingerprint = model.fingerprint()
+
+    def matches(self, x: torch.Tensor) -> bool:
+        t = self.tokens
+        return (x.shape[0], x.shape[-1], x.device, x.dtype) == (t.shape[0], t.shape[-1], t.device, t.dtype)
+
+
+class CausalTransformer(nn.Module):
+    """Causal decoder-only Transformer over per-step tokens (the RL²/RL³ backbone).
+
+    Input MLP (``in_features -> hidden_sizes... -> d_model`` with ReLU between layers), LayerNorm, a learned
+    positional embedding with ``max_len`` positions, then ``num_layers`` post-LN decoder blocks
+    (multi-head causal self-attention written with :func:`torch.nn.functional.scaled_dot_product_attention`,
+    GELU feed-forward). Defaults are the paper's: 256-64 MLP, d_model 64, 4 heads, FFN 256, 2 layers, no dropout.
+
+    :meth:`forward` is the window path (``[N, T, F]`` with optional ``is_init [N, T, 1]``); :meth:`step` is the
+    one-token-per-stream path against a cache made by :meth:`make_cache`. Both call the same helpers, so they
+    agree to float precision. Position ``p`` of a token is its index since the last ``is_init`` of its row;
+    ``p >= max_len`` raises a ``ValueError``: ``max_len`` must be at least ``H + 1``.
+
+    Args:
+        in_features (int): size of the per-step input token.
+
+    Keyword Args:
+        max_len (int): number of learned positions (the paper uses ``H + 1``).
+        hidden_sizes (sequence of int): hidden widths of the input MLP. Default ``(256,)``.
+        d_model (int): model width. Default 64.
+        num_layers (int): decoder blocks. Default 2.
+        num_heads (int): attention heads. Default 4.
+        ffn_dim (int): feed-forward width. Default 256.
+        dropout (float): dropout in attention and feed-forward. Default 0.
+        device, dtype: where and how to create the parameters.
+
+    Examples:
+        >>> import torch
+        >>> net = CausalTransformer(7, max_len=9)
+        >>> x = torch.randn(3, 8, 7)
+        >>> net(x).shape
+        torch.Size([3, 8, 64])
+        >>> cache = net.make_cache(x[:, 0])
+        >>> steps = [net.step(x[:, t], torch.zeros(3, 1, dtype=torch.bool), cache) for t in range(8)]
+        >>> torch.allclose(torch.stack(steps, 1), net(x), atol=1e-5)
+        True
+    """
+
+    def __init__(
+        self,
+        in_features: int,
+        *,
+        max_len: int,
+        hidden_sizes: Sequence[int] = (256,),
+        d_model: int = 64,
+        num_layers: int = 2,
+        num_heads: int = 4,
+        ffn_dim: int = 256,
+        dropout: float = 0.0,
+        device=None,
+        dtype=None,
+    ):
+        super().__init__()
+        for name, value in (
+            ("in_features", in_features),
+            ("max_len", max_len),
+            ("d_model", d_model),
+            ("num_heads", num_heads),
+            ("ffn_dim", ffn_dim),
+        ):
+            _check_positive(name, value)
+        if not isinstance(num_layers, int) or num_layers < 0:
+            raise ValueError(f"num_layers must be a non-negative integer, got num_layers={num_layers!r}.")
+        if not 0.0 <= dropout < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), got dropout={dropout!r}.")
+        self.in_features = in_features
+        self.max_len = max_len
+        self.d_model = d_model
+        factory = dict(device=device, dtype=dtype)
+        widths = [in_features, *hidden_sizes, d_model]
+        mlp = []
+        for i, (w_in, w_out) in enumerate(zip(widths[:-1], widths[1:])):
+            if i:
+                mlp.append(nn.ReLU())
+            mlp.append(nn.Linear(w_in, w_out, **factory))
+        mlp.append(nn.LayerNorm(d_model, **factory))
+        self.embed = nn.Sequential(*mlp)
+        self.pos_embedding = nn.Embedding(max_len, d_model, **factory)
+        self.layers = nn.ModuleList(
+            _DecoderLayer(d_model, num_heads, ffn_dim, dropout, **factory) for _ in range(num_layers)
+        )
+
+    def fingerprint(self) -> tuple:
+        """Cheap, sync-free identity of the current parameter values (storage pointer and in-place version)."""
+        return tuple((p.data_ptr(), p._version) for p in self.parameters())
+
+    def _check_in_features(self, x: torch.Tensor) -> None:
+        if x.shape[-1] != self.in_features:
+            raise ValueError(
+                f"expected input tokens with {self.in_features} features (in_features), got shape {tuple(x.shape)}."
+            )
+
+    def _position_error(self, position: int) -> ValueError:
+        return ValueError(
+            f"context position {position} is out of range for max_len={self.max_len}; {_MAX_LEN_HINT}."
+        )
+
+    def _encode(self, x, positions, attn_mask=None, is_causal=False, kv_out=None):
+        """Window encoding of ``x [N, L, F]``; optionally writes each layer's (k, v) into ``kv_out``."""
+        h = self.embed(x) + self.pos_embedding(positions)
+        for i, layer in enumerate(self.layers):
+            q, k, v = layer.attn.qkv_heads(h)
+            if kv_out is not None:
+                kv_out[0][i][:, :, : k.shape[2]] = k
+                kv_out[1][i][:, :, : v.shape[2]] = v
+            h = layer.finish(h, layer.attn.attend(q, k, v, attn_mask=attn_mask, is_causal=is_causal))
+        return h
+
+    def forward(self, x: torch.Tensor, is_init: torch.Tensor | None = None) -> torch.Tensor:
+        """Window path: encodes ``x [N, T, F]`` causally; returns ``[N, T, d_model]``.
+
+        ``is_init [N, T, 1]`` (bool) marks the first step of a meta-episode. Tokens only attend to earlier
+        tokens of their own meta-episode and positions count from its start. Without ``is_init`` (or with
+        is_init set only at ``t = 0``) each row is one sequence starting at position 0.
+        """
+        self._check_in_features(x)
+        if x.dim() != 3:
+            raise ValueError(f"the window path expects x of shape [N, T, F], got shape {tuple(x.shape)}.")
+        n, length, _ = x.shape
+        steps = torch.arange(length, device=x.device)
+        if is_init is not None:
+            is_init = is_init.reshape(n, length).bool()
+        if is_init is None or not bool(is_init[:, 1:].any()):
+            if length > self.max_len:
+                raise self._position_error(length - 1)
+            return self._encode(x, steps.expand(n, length), is_causal=True)
+        start = torch.where(is_init, steps, torch.zeros_like(steps)).cummax(dim=1).values
+        positions = steps - start
+        if length > self.max_len:
+            last = int(positions.max())
+            if last >= self.max_len:
+                raise self._position_error(last)
+        segment = is_init.long().cumsum(1)
+        same = segment.unsqueeze(2) == segment.unsqueeze(1)
+        causal = torch.ones(length, length, dtype=torch.bool, device=x.device).tril()
+        return self._encode(x, positions, attn_mask=(same & causal).unsqueeze(1))
+
+    def make_cache(self, x: torch.Tensor) -> _StreamCache:
+        """Allocates an empty step cache for ``x.shape[0]`` streams of tokens like ``x [N, F]``."""
+        self._check_in_features(x)
+        return _StreamCache(x.shape[0], self.in_features, self, x.device, x.dtype)
+
+    def _refresh(self, cache: _StreamCache) -> None:
+        """Recomputes the cached keys/values of the live streams with the current parameters."""
+        cache.fingerprint = self.fingerprint()
+        cache.bound = int(cache.length.max())  # one host sync per parameter change
+        if cache.bound == 0:
+            return
+        positions = torch.arange(cache.bound, device=cache.length.device).expand(cache.length.shape[0], -1)
+        self._encode(
+            cache.tokens[:, : cache.bound], positions, is_causal=True, kv_out=(cache.keys, cache.values)
+        )
+
+    def step(self, x: torch.Tensor, is_init: torch.Tensor, cache: _StreamCache) -> torch.Tensor:
+        """Step path: one token ``x [N, F]`` per stream; returns ``[N, d_model]`` and advances ``cache``.
+
+        Rows where ``is_init [N, 1]`` is True start a new stream at position 0. Attention runs over the
+        first ``bound + 1`` cached slots (a Python-side upper bound on the stream lengths), so the cost of a
+        step grows linearly with the context and there is no host sync except every ``max_len`` steps and
+        after a parameter change, when the cached keys/values are recomputed from the stored inputs (the
+        step path therefore always equals the window path under the current parameters). The cache is
+        filled without autograd history: train with the window path.
+        """
+        if not cache.matches(x):
+            raise ValueError(
+                f"cache built for tokens {tuple(cache.tokens.shape[::2])} on {cache.tokens.device}, "
+                f"got x of shape {tuple(x.shape)} on {x.device}; make a new cache with make_cache(x)."
+            )
+        with torch.no_grad():
+            cache.length.masked_fill_(is_init.reshape(-1).to(torch.bool), 0)
+            if cache.fingerprint != self.fingerprint():
+                self._refresh(cache)
+            if cache.bound + 1 > self.max_len:
+                cache.bound = int(cache.length.max())  # exact bound; at most once per max_len steps
+                if cache.bound >= self.max_len:
+                    raise self._position_error(cache.bound)
+            pos, rows = cache.length, cache.rows
+            cache.tokens[rows, pos] = x
+            cache.bound += 1
+            span = cache.bound
+        h = (self.embed(x) + self.pos_embedding(pos)).unsqueeze(1)
+        mask = (torch.arange(span, device=x.device) <= pos.unsqueeze(1)).view(-1, 1, 1, span)
+        for i, layer in enumerate(self.layers):
+            q, k, v = layer.attn.qkv_heads(h)
+            keys, values = cache.keys[i], cache.values[i]
+            with torch.no_grad():
+                keys[rows, :, pos] = k.squeeze(2)
+                values[rows, :, pos] = v.squeeze(2)
+            attn = layer.attn.attend(q, keys[:, :, :span], values[:, :, :span], attn_mask=mask)
+            h = layer.finish(h, attn)
+        with torch.no_grad():
+            cache.length.add_(1)
+        return h.squeeze(1)
+
+
+class TransformerModule(TensorDictModuleBase):
+    """A :class:`CausalTransformer` plus output heads as a TensorDictModule, with a module-owned KV cache.
+
+    The per-step token is the concatenation (last dim) of the ``in_keys`` entries; ``is_init_key`` (written
+    by :class:`~torchrl.envs.InitTracker`) marks the first step of a meta-episode. Like torchrl's
+    :class:`~torchrl.modules.LSTMModule`, the path is chosen by :func:`torchrl.modules.recurrent_mode`
+    (set with :class:`torchrl.modules.set_recurrent_mode`; every loss runs in recurrent mode):
+
+    * recurrent mode: the last batch dim of the TensorDict is time, earlier batch dims are folded; whole
+      windows are encoded under a (block-diagonal, if ``is_init`` fires inside a row) causal mask;
+    * otherwise (collection): every batch element is one stream and receives one token per call. Keys and
+      values of the previous tokens live in a cache held by this module (never in the TensorDict), cleared
+      per row where ``is_init`` is set, rebuilt if the batch shape, device or dtype changes, and recomputed
+      from the stored inputs when the backbone parameters change (e.g. after an optimiser step), so both
+      paths give the same outputs under the current weights. The cache is dropped by pickling, deepcopy
+      and :meth:`reset_cache`, and is not part of the ``state_dict``.
+
+    Args:
+        backbone (CausalTransformer): the shared body.
+        heads (nn.Module or sequence of nn.Module): one head per out key, each mapping ``[..., d_model]`` to
+            the out key's features.
+
+    Keyword Args:
+        in_keys (sequence of NestedKey): token entries, concatenated in this order.
+        out_keys (sequence of NestedKey): one per head.
+        is_init_key (NestedKey): the reset flag. Default ``"is_init"``.
+        default_recurrent_mode (bool): path used when ``recurrent_mode()`` is unset. Default False (step path).
+
+    Examples:
+        >>> import torch
+        >>> from tensordict import TensorDict
+        >>> from torchrl.modules import set_recurrent_mode
+        >>> backbone = CausalTransformer(3, max_len=6, hidden_sizes=(16,), d_model=8, num_heads=2, ffn_dim=16)
+        >>> module = TransformerModule(backbone, torch.nn.Linear(8, 2), in_keys=["obs"], out_keys=["logits"])
+        >>> data = TensorDict({"obs": torch.randn(4, 5, 3), "is_init": torch.zeros(4, 5, 1, dtype=torch.bool)},
+        ...                   batch_size=[4, 5])
+        >>> data["is_init"][:, 0] = True
+        >>> steps = torch.stack([module(data[:, t].clone())["logits"] for t in range(5)], 1)
+        >>> with set_recurrent_mode(True):
+        ...     window = module(data)["logits"]
+        >>> torch.allclose(steps, window, atol=1e-5)
+        True
+    """
+
+    def __init__(
+        self,
+        backbone: CausalTransformer,
+        heads: nn.Module | Sequence[nn.Module],
+        *,
+        in_keys: Sequence,
+        out_keys: Sequence,
+        is_init_key="is_init",
+        default_recurrent_mode: bool = False,
+    ):
+        super().__init__()
+        if not isinstance(backbone, CausalTransformer):
+            raise TypeError(f"backbone must be a CausalTransformer, got {type(backbone).__name__}.")
+        heads = [heads] if isinstance(heads, nn.Module) else list(heads)
+        out_keys = list(out_keys)
+        if len(heads) != len(out_keys) or not out_keys:
+            raise ValueError(
+                f"need one head per out key, got {len(heads)} heads for out_keys={out_keys}."
+            )
+        self.token_keys = list(in_keys)
+        if not self.token_keys:
+            raise ValueError("in_keys must name at least one token entry, got an empty list.")
+        self.is_init_key = is_init_key
+        self.in_keys = [*self.token_keys, is_init_key]
+        self.out_keys = out_keys
+        self.backbone = backbone
+        self.heads = nn.ModuleList(heads)
+        self._default_recurrent_mode = bool(default_recurrent_mode)
+        self._cache = None
+
+    @property
+    def recurrent_mode(self) -> bool:
+        """True when the window path runs: the global ``recurrent_mode()`` if set, else the default."""
+        mode = recurrent_mode()
+        return self._default_recurrent_mode if mode is None else bool(mode)
+
+    def reset_cache(self) -> None:
+        """Forgets every stream of the step path (the next call starts all rows at position 0)."""
+        self._cache = None
+
+    def __getstate__(self):
+        state = self.__dict__.copy()
+        state["_cache"] = None
+        return state
+
+    def _inputs(self, tensordict: TensorDictBase):
+        missing = [key for key in self.in_keys if key not in tensordict.keys(include_nested=True)]
+        if missing:
+            hint = " (add torchrl.envs.InitTracker to the env)" if self.is_init_key in missing else ""
+            raise KeyError(
+                f"TransformerModule is missing input keys {missing}{hint}; "
+                f"available keys: {sorted(map(str, tensordict.keys(include_nested=True, leaves_only=True)))}."
+            )
+        shape = tensordict.shape
+        tokens = []
+        for key in self.token_keys:
+            value = tensordict.get(key)
+            tokens.append(value.reshape(*shape, -1).to(self.backbone.embed[0].weight.dtype))
+        return torch.cat(tokens, -1), tensordict.get(self.is_init_key).reshape(*shape, 1)
+
+    def forward(self, tensordict: TensorDictBase) -> TensorDictBase:
+        x, is_init = self._inputs(tensordict)
+        shape = tensordict.shape
+        if self.recurrent_mode:
+            if not shape:
+                raise ValueError("the window path needs a TensorDict with a time dim, got batch_size=[].")
+            length = shape[-1]
+            features = self.backbone(x.reshape(-1, length, x.shape[-1]), is_init.reshape(-1, length, 1))
+        else:
+            x, is_init = x.reshape(-1, x.shape[-1]), is_init.reshape(-1, 1)
+            if self._cache is None or not self._cache.matches(x):
+                self._cache = self.backbone.make_cache(x)
+            features = self.backbone.step(x, is_init, self._cache)
+        features = features.reshape(*shape, -1)
+        for key, head in zip(self.out_keys, self.heads):
+            tensordict.set(key, head(features))
+        return tensordict
