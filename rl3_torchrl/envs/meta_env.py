@@ -189,6 +189,19 @@ class MetaTaskEnv(EnvBase):
         action = tensordict.get("action")
         if self.validate_actions:
             self._check_action(action)
+        reached, reward, inner_done, terminal, done = self.advance_tasks(action)
+        out = self._output(reached, inner_done.unsqueeze(-1), terminal.unsqueeze(-1), done.unsqueeze(-1))
+        out.set("reward", reward.to(torch.float32).unsqueeze(-1))
+        return out
+
+    def advance_tasks(self, action: torch.Tensor):
+        """Advance every task by one step with plain tensors (no TensorDict, no checks).
+
+        This is the whole per-step work of the env; :meth:`step` wraps it in TorchRL's TensorDict protocol.
+
+        Returns:
+            ``(reached_state, reward, inner_done, inner_terminated, done)``, each of shape ``[B]``.
+        """
         reached, reward, terminal = self._advance(self._state, action)
         self._meta_t = self._meta_t + 1
         self._episode_t = self._episode_t + 1
@@ -197,10 +210,7 @@ class MetaTaskEnv(EnvBase):
             inner_done = inner_done | (self._episode_t >= self.episode_length)
         self._state = torch.where(inner_done, self._start_state, reached)
         self._episode_t = torch.where(inner_done, 0, self._episode_t)
-        done = (self._meta_t >= self.horizon).unsqueeze(-1)
-        out = self._output(reached, inner_done.unsqueeze(-1), terminal.unsqueeze(-1), done)
-        out.set("reward", reward.to(torch.float32).unsqueeze(-1))
-        return out
+        return reached, reward, inner_done, terminal, self._meta_t >= self.horizon
 
     def _output(self, reached, inner_done, inner_terminated, done) -> TensorDict:
         episode_norm = self.horizon if self.episode_length is None else self.episode_length
