@@ -23,15 +23,20 @@ import torch
 import torchrl
 from torchrl.envs import InitTracker, TransformedEnv
 
-from rl3_torchrl.envs import RandomMDPEnv
+from rl3_torchrl.envs import GridworldEnv, RandomMDPEnv
 
 
 def _random_mdp(num_envs: int):
     return RandomMDPEnv(num_envs, horizon=512, validate_actions=False)
 
 
+def _gridworld_13x13(num_envs: int, horizon: int = 1000):
+    # horizon > the timed steps, so that no task reset (grid generation, timed on its own) falls in the timing
+    return GridworldEnv.from_preset("13x13", num_envs, horizon=horizon, validate_actions=False)
+
+
 # name -> (env factory, batch sizes)
-CASES = {"random_mdp": (_random_mdp, (64, 4096))}
+CASES = {"random_mdp": (_random_mdp, (64, 4096)), "gridworld_13x13": (_gridworld_13x13, (96, 4096))}
 
 
 def time_torchrl(tenv: TransformedEnv, steps: int, rng: torch.Generator) -> float:
@@ -98,6 +103,34 @@ def main(argv=None):
                 f"{r['case']:<22}{r['B']:>6}{r['torchrl_steps_per_s']:>18,.0f}{r['plain_steps_per_s']:>16,.0f}"
                 f"{r['torchrl_ms_per_step']:>12.3f}{r['plain_ms_per_step']:>15.3f}{r['overhead']:>7.2f}"
             )
+    if "gridworld_13x13" in args.cases:
+        report_grid_generation(repeats)
+
+
+def report_grid_generation(repeats: int, rollout_envs: int = 96, rollout_steps: int = 350) -> None:
+    """Grids/s of the 13×13 generator, and one ``rollout_envs``-grid batch against a ``rollout_steps``-step rollout
+    of ``rollout_envs`` envs through TorchRL (one paper meta-episode)."""
+    env = _gridworld_13x13(rollout_envs)
+    tenv = TransformedEnv(env, InitTracker())
+    rng = torch.Generator().manual_seed(0)
+    time_torchrl(tenv, 20, rng)  # warm-up
+    print(f"\n# grid generation, preset 13x13 (rejection sampling incl. the exact 100-step DP), median of {repeats}")
+    print(f"{'grids':>8}{'ms per batch':>14}{'grids/s':>10}")
+    batch_time = {}
+    for count in (rollout_envs, 4096):
+        times = []
+        for _ in range(repeats):
+            start = time.perf_counter()
+            env.generator.sample(count, rng)
+            times.append(time.perf_counter() - start)
+        batch_time[count] = statistics.median(times)
+        print(f"{count:>8}{1e3 * batch_time[count]:>14.1f}{count / batch_time[count]:>10,.0f}")
+    rollout = statistics.median(time_torchrl(tenv, rollout_steps, rng) for _ in range(repeats))
+    batch = batch_time[rollout_envs]
+    print(
+        f"{rollout_envs}-grid batch {1e3 * batch:.1f} ms vs a {rollout_steps}-step rollout at B={rollout_envs} "
+        f"{1e3 * rollout:.1f} ms (ratio {batch / rollout:.3f})"
+    )
 
 
 if __name__ == "__main__":

@@ -153,6 +153,15 @@ class MetaTaskEnv(EnvBase):
             stream_seed(seed, self.split, "dynamics")
         )
 
+    def rng_state(self) -> dict:
+        """The states of the task and dynamics random streams (for checkpoints)."""
+        return {"tasks": self._task_rng.get_state(), "dynamics": self._dynamics_rng.get_state()}
+
+    def set_rng_state(self, state: dict) -> None:
+        """Restore the streams saved by :meth:`rng_state`."""
+        self._task_rng.set_state(state["tasks"])
+        self._dynamics_rng.set_state(state["dynamics"])
+
     # ------------------------------------------------------------------ subclass hooks
     def _sample_tasks(self, mask: torch.Tensor) -> None:
         """Draw new task parameters (and ``_start_state``) for the rows where ``mask`` ([B] bool) is True."""

@@ -56,7 +56,40 @@ def finite_horizon_values(
         torch.Size([2, 10, 10])
     """
     check_choice("policy", policy, ("optimal", "random"))
-    horizon = check_int("horizon", horizon, low=1)
+    reduce = _max_over_actions if policy == "optimal" else _mean_over_actions
+    values = [reduce(q) for q in _backward_induction(tasks, check_int("horizon", horizon, low=1), reduce)]
+    if all_steps:
+        return torch.stack([torch.zeros_like(values[0])] + values)
+    return values[-1]
+
+
+def optimal_actions(tasks: TensorDictBase, horizon: int) -> torch.Tensor:
+    """The optimal action of every ``(steps to go, s, τ)``: int64 ``[horizon, B, S, T]``.
+
+    ``actions[h - 1, b, s, τ]`` is optimal with ``h`` steps to go (ties go to the lowest action index).
+
+    Examples:
+        >>> from rl3_torchrl.envs import RandomMDPEnv
+        >>> env = RandomMDPEnv(num_envs=2, horizon=5)
+        >>> _ = env.reset()
+        >>> optimal_actions(env.task_mdp(), 5).shape
+        torch.Size([5, 2, 10, 10])
+    """
+    steps = _backward_induction(tasks, check_int("horizon", horizon, low=1), _max_over_actions)
+    return torch.stack([q.argmax(2) for q in steps])
+
+
+def _max_over_actions(q):
+    return q.amax(2)
+
+
+def _mean_over_actions(q):
+    return q.mean(2)
+
+
+def _backward_induction(tasks: TensorDictBase, horizon: int, reduce):
+    """Yield ``Q [B, S, A, T]`` with 1, 2, …, ``horizon`` steps to go, where the value of the steps after the
+    first is ``reduce(Q)`` over actions (the max: optimal; the mean: uniformly random)."""
     transition, reward = tasks["transition"], tasks["reward"]
     B, S, A, _ = transition.shape
     limits = tasks["episode_length"]
@@ -73,16 +106,13 @@ def finite_horizon_values(
         restart = restart | (torch.arange(T, device=transition.device) == T - 1).view(1, 1, T)
     start = tasks["start_state"].view(B, 1, 1).expand(B, 1, T)
     v = torch.zeros(B, S, T, dtype=dtype, device=transition.device)
-    values = [v]
     for _ in range(horizon):
         carried = torch.cat([v[..., 1:], v[..., :1]], dim=-1) if T > 1 else v  # V(s', τ + 1)
         restarted = v.gather(1, start)[:, :, :1].expand(B, S, T)  # V(start, 0)
         after = torch.where(restart, restarted, carried)
         q = (reward + torch.bmm(transition, after)).view(B, S, A, T)
-        v = q.amax(2) if policy == "optimal" else q.mean(2)
-        if all_steps:
-            values.append(v)
-    return torch.stack(values) if all_steps else v
+        yield q
+        v = reduce(q)
 
 
 def oracle_return(env_or_tasks, horizon: int | None = None) -> torch.Tensor:

@@ -90,7 +90,7 @@ class _StreamCache:
     ``tokens [N, max_len, F]`` keeps the raw inputs of the current streams so that K/V can be recomputed when
     the parameters change; ``keys``/``values`` hold one ``[N, heads, max_len, d_head]`` tensor per layer;
     ``length [N]`` is the number of tokens of each stream; ``bound`` is a Python-side upper bound on
-    ``length.max()`` so that the step path attends over a prefix without a host sync.
+    ``length.max()`` so that the step path attends over a prefix without a device sync.
     """
 
     def __init__(self, n, in_features, model: CausalTransformer, device, dtype):
@@ -104,6 +104,9 @@ class _StreamCache:
         self.length = torch.zeros(n, dtype=torch.long, device=device)
         self.rows = torch.arange(n, device=device)
         self.bound = 0
+        # reading a CPU tensor is not a device sync: there the bound is exact at every step; on accelerators it
+        # only grows (restarted streams keep it) and is re-synced when it would exceed max_len
+        self.exact_bound = torch.device(device).type == "cpu"
         self.fingerprint = model.fingerprint()
 
     def matches(self, x: torch.Tensor) -> bool:
@@ -256,7 +259,7 @@ class CausalTransformer(nn.Module):
     def _refresh(self, cache: _StreamCache) -> None:
         """Recomputes the cached keys/values of the live streams with the current parameters."""
         cache.fingerprint = self.fingerprint()
-        cache.bound = int(cache.length.max())  # one host sync per parameter change
+        cache.bound = int(cache.length.max())  # one device sync per parameter change
         if cache.bound == 0:
             return
         positions = torch.arange(cache.bound, device=cache.length.device).expand(cache.length.shape[0], -1)
@@ -264,45 +267,45 @@ class CausalTransformer(nn.Module):
             cache.tokens[:, : cache.bound], positions, is_causal=True, kv_out=(cache.keys, cache.values)
         )
 
+    @torch.no_grad()
     def step(self, x: torch.Tensor, is_init: torch.Tensor, cache: _StreamCache) -> torch.Tensor:
         """Step path: one token ``x [N, F]`` per stream; returns ``[N, d_model]`` and advances ``cache``.
 
         Rows where ``is_init [N, 1]`` is True start a new stream at position 0. Attention runs over the
-        first ``bound + 1`` cached slots (a Python-side upper bound on the stream lengths), so the cost of a
-        step grows linearly with the context and there is no host sync except every ``max_len`` steps and
-        after a parameter change, when the cached keys/values are recomputed from the stored inputs (the
-        step path therefore always equals the window path under the current parameters). The cache is
-        filled without autograd history: train with the window path.
+        first ``bound + 1`` cached slots (an upper bound on the stream lengths, kept on the Python side), so
+        the cost of a step grows linearly with the context. On CPU the bound is read exactly at each step; on
+        accelerators there is no device sync except when the bound reaches ``max_len`` (it is then refreshed
+        from the true lengths: a restarted stream keeps the old bound until then, which with
+        ``max_len = H + 1`` and meta-episodes of ``H`` steps costs one long step per meta-episode) and after
+        a parameter change, when the cached keys/values are recomputed from the stored inputs (the
+        step path therefore always equals the window path under the current parameters). The step path is
+        for inference and runs without autograd: train with the window path.
         """
         if not cache.matches(x):
             raise ValueError(
                 f"cache built for tokens {tuple(cache.tokens.shape[::2])} on {cache.tokens.device}, "
                 f"got x of shape {tuple(x.shape)} on {x.device}; make a new cache with make_cache(x)."
             )
-        with torch.no_grad():
-            cache.length.masked_fill_(is_init.reshape(-1).to(torch.bool), 0)
-            if cache.fingerprint != self.fingerprint():
-                self._refresh(cache)
-            if cache.bound + 1 > self.max_len:
-                cache.bound = int(cache.length.max())  # exact bound; at most once per max_len steps
-                if cache.bound >= self.max_len:
-                    raise self._position_error(cache.bound)
-            pos, rows = cache.length, cache.rows
-            cache.tokens[rows, pos] = x
-            cache.bound += 1
-            span = cache.bound
+        cache.length.masked_fill_(is_init.reshape(-1).to(torch.bool), 0)
+        if cache.fingerprint != self.fingerprint():
+            self._refresh(cache)
+        if cache.exact_bound or cache.bound + 1 > self.max_len:
+            cache.bound = int(cache.length.max())
+            if cache.bound >= self.max_len:
+                raise self._position_error(cache.bound)
+        pos, rows = cache.length, cache.rows
+        cache.tokens[rows, pos] = x
+        cache.bound += 1
+        span = cache.bound
         h = (self.embed(x) + self.pos_embedding(pos)).unsqueeze(1)
         mask = (torch.arange(span, device=x.device) <= pos.unsqueeze(1)).view(-1, 1, 1, span)
         for i, layer in enumerate(self.layers):
             q, k, v = layer.attn.qkv_heads(h)
             keys, values = cache.keys[i], cache.values[i]
-            with torch.no_grad():
-                keys[rows, :, pos] = k.squeeze(2)
-                values[rows, :, pos] = v.squeeze(2)
-            attn = layer.attn.attend(q, keys[:, :, :span], values[:, :, :span], attn_mask=mask)
-            h = layer.finish(h, attn)
-        with torch.no_grad():
-            cache.length.add_(1)
+            keys[rows, :, pos] = k.squeeze(2)
+            values[rows, :, pos] = v.squeeze(2)
+            h = layer.finish(h, layer.attn.attend(q, keys[:, :, :span], values[:, :, :span], attn_mask=mask))
+        cache.length.add_(1)
         return h.squeeze(1)
 
 

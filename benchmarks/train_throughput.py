@@ -1,0 +1,66 @@
+"""End-to-end PPO meta-training throughput of RL² and RL³, in the same run, with the time split by phase.
+
+For each config (the recipe's default and the paper's random-MDP setting) it trains RL² and RL³ for a few
+iterations (one after the other, after one warm-up iteration each) and prints frames/s and the seconds per iteration spent
+collecting (of which in the online Q estimator) and updating, plus the ratio RL³ / RL² of frames/s.
+
+    python benchmarks/train_throughput.py                      # default config, 3 timed iterations
+    python benchmarks/train_throughput.py --configs default paper_random_mdp --iterations 2
+    python benchmarks/train_throughput.py --device cuda --configs paper_random_mdp
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import tempfile
+
+import torch
+import torchrl
+
+from rl3_torchrl.training import Trainer, load_config
+
+
+def run(config: str, algo: str, iterations: int, device: str, extra: list[str]) -> list[dict]:
+    overrides = [
+        f"algo={algo}",
+        f"iterations={iterations + 1}",
+        f"device={device}",
+        "eval.every=0",
+        "logger.backend=",
+        "progress=false",
+        f"checkpoint.every={iterations + 1}",
+        f"output_dir={tempfile.mkdtemp()}",
+        *extra,
+    ]
+    cfg = load_config(overrides, config=None if config == "default" else config)
+    return Trainer(cfg).train()[1:]  # the first iteration includes warm-up (allocation, first resets)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--configs", nargs="+", default=["default"], help="default and/or named configs")
+    parser.add_argument("--algos", nargs="+", default=["rl2", "rl3"])
+    parser.add_argument("--iterations", type=int, default=3, help="timed iterations per run")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("overrides", nargs="*", help="extra key=value config overrides for every run")
+    args = parser.parse_args(argv)
+    print(f"# torch {torch.__version__}, torchrl {torchrl.__version__}, {torch.get_num_threads()} threads, {args.device}")
+    print(f"{'config':<18}{'algo':<6}{'frames/it':>10}{'frames/s':>10}{'collect s':>11}{'of which Q s':>13}{'update s':>10}")
+    for config in args.configs:
+        fps = {}
+        for algo in args.algos:
+            rows = run(config, algo, args.iterations, args.device, args.overrides)
+            med = {k: statistics.median(r[k] for r in rows) for k in
+                   ("frames_per_s", "time_collection", "time_q_estimation", "time_update")}
+            fps[algo] = med["frames_per_s"]
+            frames = round(med["frames_per_s"] * (med["time_collection"] + med["time_update"]))
+            print(
+                f"{config:<18}{algo:<6}{frames:>10}{med['frames_per_s']:>10.0f}{med['time_collection']:>11.2f}"
+                f"{med['time_q_estimation']:>13.2f}{med['time_update']:>10.2f}"
+            )
+        if "rl2" in fps and "rl3" in fps:
+            print(f"{config:<18}RL³ / RL² frames/s = {fps['rl3'] / fps['rl2']:.2f}")
+
+
+if __name__ == "__main__":
+    main()

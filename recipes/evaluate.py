@@ -1,0 +1,102 @@
+"""Evaluate baselines and trained checkpoints on held-out tasks, in and out of distribution, for several H.
+
+    python recipes/evaluate.py --task random_mdp --horizons 32 64 128 --num-tasks 200
+    python recipes/evaluate.py --task random_mdp --horizons 100 --checkpoints rl3=runs/random_mdp_rl3_s0/checkpoint.pt
+    python recipes/evaluate.py --task gridworld_13x13 --methods random oracle greedy_q --num-tasks 100
+
+Every method sees the same test tasks. Writes ``results.csv``, ``results.md``, ``return_vs_horizon.png``,
+``inner_episode_returns.png``, the meta-training curves of the checkpoints (``training_curves.png``) and, for
+gridworlds, ``value_map.png`` (one meta-episode with the online Q estimator's values drawn on the grid) to ``--out``.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+from functools import partial
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+from rl3_torchrl.evaluation import BASELINES, evaluate_actor, evaluate_baseline, return_vs_horizon  # noqa: E402
+from rl3_torchrl.plotting import plot_return_vs_horizon, plot_training_curves, plot_value_map  # noqa: E402
+from rl3_torchrl.tasks import TASKS, task_family  # noqa: E402
+from rl3_torchrl.training import load_actor  # noqa: E402
+
+COLUMNS = ("method", "task", "horizon", "num_tasks", "return_mean", "return_stderr", "normalized_mean",
+           "normalized_stderr", "oracle_mean")
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--task", default="random_mdp", choices=sorted(TASKS), help="in-distribution task")
+    parser.add_argument("--in-distribution-only", action="store_true", help="skip the task's OOD presets")
+    parser.add_argument("--horizons", type=int, nargs="+", default=[100])
+    parser.add_argument("--methods", nargs="*", default=["random", "oracle", "greedy_q", "mbie_eb"],
+                        choices=BASELINES)
+    parser.add_argument("--checkpoints", nargs="*", default=[], metavar="NAME=PATH",
+                        help="trained actors to evaluate, e.g. rl3=runs/random_mdp_rl3_s0/checkpoint.pt")
+    parser.add_argument("--num-tasks", type=int, default=1000)
+    parser.add_argument("--batch-size", type=int, default=250, help="tasks run at once")
+    parser.add_argument("--greedy", action="store_true", help="deterministic actions for the learned actors")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the test task stream")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--out", default="eval_results")
+    args = parser.parse_args(argv)
+    bad = [c for c in args.checkpoints if "=" not in c]
+    if bad:
+        parser.error(f"--checkpoints takes NAME=PATH pairs, got {bad}")
+    return args
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    common = dict(num_tasks=args.num_tasks, batch_size=args.batch_size, seed=args.seed, device=args.device,
+                  max_inner_episodes=50)
+    methods = {name: partial(evaluate_baseline, name, **common) for name in args.methods}
+    log_dirs = {}
+    for item in args.checkpoints:
+        name, path = item.split("=", 1)
+        actor, cfg = load_actor(path, device=args.device)
+        methods[name] = partial(evaluate_actor, actor, algo=cfg.algo, greedy=args.greedy, **common)
+        log_dir = Path(cfg.output_dir) / "logs" / cfg.logger.exp_name
+        if log_dir.is_dir():
+            log_dirs[name] = log_dir
+    tasks = [args.task] if args.in_distribution_only else task_family(args.task)
+    rows = return_vs_horizon(methods, tasks, args.horizons)
+
+    with open(out / "results.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=COLUMNS, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(rows)
+    table = ["| method | task | H | return | oracle-normalised |", "|---|---|---|---|---|"]
+    table += [
+        f"| {r['method']} | {r['task']} | {r['horizon']} | {r['return_mean']:.2f} ± {r['return_stderr']:.2f} "
+        f"| {r['normalized_mean']:.3f} ± {r['normalized_stderr']:.3f} |"
+        for r in rows
+    ]
+    (out / "results.md").write_text("\n".join(table) + "\n")
+    print("\n".join(table))
+
+    plot_return_vs_horizon(rows, ood_tasks=tasks[1:]).savefig(out / "return_vs_horizon.png", dpi=120)
+    fig, ax = plt.subplots(figsize=(5.5, 4))
+    for r in rows:
+        if r["task"] == args.task and r["horizon"] == max(args.horizons):
+            ax.plot(range(1, len(r["inner_episode_returns"]) + 1), r["inner_episode_returns"], label=r["method"])
+    ax.set(xlabel="inner episode", ylabel="mean return", title=f"{args.task}, H = {max(args.horizons)}")
+    ax.legend()
+    fig.savefig(out / "inner_episode_returns.png", dpi=120)
+    if log_dirs:
+        plot_training_curves(log_dirs).savefig(out / "training_curves.png", dpi=120)
+    if args.task.startswith("gridworld"):
+        plot_value_map(args.task, horizon=max(args.horizons), seed=args.seed).savefig(out / "value_map.png", dpi=120)
+    print(f"results in {out}")
+    return rows
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,224 @@
+"""Evaluation of meta-RL policies on held-out tasks, against the exact oracle.
+
+Every method is run on the same held-out tasks: the env's ``split="test"`` task stream with a fixed seed, drawn in
+the same chunks, does not depend on the policy. For each task the undiscounted meta-episode return is divided by
+the task's exact optimal return (:func:`~rl3_torchrl.envs.oracle_return`); results are means with standard errors
+over tasks, plus the mean return of each inner episode.
+"""
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+
+import torch
+from torchrl.envs.utils import ExplorationType, set_exploration_type
+
+from rl3_torchrl._validation import check_choice, check_int
+from rl3_torchrl.envs import oracle_return
+from rl3_torchrl.modules.tabular import OraclePolicy, QGreedyPolicy, RandomPolicy
+from rl3_torchrl.tasks import make_meta_env
+
+BASELINES = ("random", "oracle", "greedy_q", "eps_greedy_q", "mbie_eb")
+# OnlineQEstimator overrides of the tabular baselines: MBIE-EB adds β / sqrt(N(s, a)) to the estimated rewards.
+_BASELINE_Q_OVERRIDES = {"mbie_eb": {"exploration_bonus": 1.0}}
+
+
+def mean_and_stderr(values: torch.Tensor) -> tuple[float, float]:
+    """The mean of ``values`` and its standard error ``std / sqrt(n)`` (0 for a single value).
+
+    Examples:
+        >>> mean_and_stderr(torch.tensor([1.0, 2.0, 3.0, 4.0]))
+        (2.5, 0.6454972243679028)
+    """
+    values = values.double().flatten()
+    n = values.numel()
+    if n == 0:
+        raise ValueError("mean_and_stderr needs at least one value.")
+    stderr = float(values.std(unbiased=True)) / math.sqrt(n) if n > 1 else 0.0
+    return float(values.mean()), stderr
+
+
+def inner_episode_returns(rewards: torch.Tensor, inner_done: torch.Tensor, max_episodes: int) -> torch.Tensor:
+    """Sum the rewards of each inner episode: ``[B, max_episodes]`` (NaN for episodes a task did not start).
+
+    Args:
+        rewards (Tensor): ``[B, H]``.
+        inner_done (Tensor): bool ``[B, H]``, True at the last step of each inner episode.
+        max_episodes (int): the number of columns.
+
+    Examples:
+        >>> r = torch.tensor([[1.0, 2.0, 3.0, 4.0]])
+        >>> inner_episode_returns(r, torch.tensor([[False, True, False, True]]), 3)
+        tensor([[3., 7., nan]])
+    """
+    B, H = rewards.shape
+    index = torch.cat([torch.zeros_like(inner_done[:, :1]), inner_done[:, :-1]], 1).long().cumsum(1)
+    keep = index < max_episodes
+    out = torch.zeros(B, max_episodes, dtype=rewards.dtype, device=rewards.device)
+    out.scatter_add_(1, index.clamp_max(max_episodes - 1), torch.where(keep, rewards, 0.0))
+    started = torch.arange(max_episodes, device=rewards.device) <= index[:, -1:]  # index never decreases
+    return torch.where(started, out, torch.nan)
+
+
+def run_meta_episodes(env, make_policy: Callable, *, greedy: bool = False):
+    """Reset ``env`` (new tasks) and play one whole meta-episode in every row.
+
+    Args:
+        env (TransformedEnv): a meta env (e.g. from :func:`~rl3_torchrl.tasks.make_meta_env`).
+        make_policy (callable): ``env -> policy``, called after the reset, so that a policy can be built from the
+            tasks (e.g. :meth:`OraclePolicy.from_env`); the policy is a TensorDict callable writing ``"action"``.
+        greedy (bool): deterministic actions (the mode) for probabilistic actors.
+
+    Returns:
+        ``(rewards [B, H], inner_done [B, H], oracle [B])``.
+
+    Examples:
+        >>> env = make_meta_env("bandit", "rl2", 3, horizon=10)
+        >>> rewards, inner_done, oracle = run_meta_episodes(env, OraclePolicy.from_env)
+        >>> rewards.shape, bool(inner_done.all())
+        (torch.Size([3, 10]), True)
+    """
+    base = env.base_env
+    td = env.reset()
+    oracle = oracle_return(base)
+    policy = make_policy(env)
+    H = base.horizon
+    rewards = torch.zeros(*base.batch_size, H, device=base.device)
+    inner_done = torch.zeros(*base.batch_size, H, dtype=torch.bool, device=base.device)
+    mode = ExplorationType.DETERMINISTIC if greedy else ExplorationType.RANDOM
+    with torch.no_grad(), set_exploration_type(mode):
+        for t in range(H):
+            td = policy(td)
+            td, td_next = env.step_and_maybe_reset(td)
+            rewards[:, t] = td["next", "reward"].squeeze(-1)
+            inner_done[:, t] = td["next", "inner_done"].squeeze(-1)
+            td = td_next
+    return rewards, inner_done, oracle
+
+
+def evaluate(
+    make_policy: Callable,
+    task: str,
+    algo: str = "rl3",
+    *,
+    horizon: int | None = None,
+    num_tasks: int = 1000,
+    batch_size: int = 250,
+    seed: int = 0,
+    greedy: bool = False,
+    device=None,
+    write_q_values: bool = False,
+    q_overrides: dict | None = None,
+    max_inner_episodes: int = 0,
+) -> dict:
+    """Evaluate a policy on ``num_tasks`` held-out tasks of ``task``.
+
+    Args:
+        make_policy (callable): ``env -> policy``, called once per chunk of tasks after the reset.
+        task (str): a task name (:data:`~rl3_torchrl.tasks.TASKS`).
+        algo (str): the input pipeline of the env (``"rl2"``, ``"rl3"``, ``"rl3_coarse"``).
+
+    Keyword Args:
+        horizon (int, optional): ``H`` (default: the task's).
+        num_tasks (int): held-out tasks (default 1000), run ``batch_size`` at a time.
+        seed (int): the seed of the test task stream (the same for every method).
+        greedy (bool): deterministic actions of learned policies (their distribution's mode).
+        write_q_values, q_overrides: passed to :func:`~rl3_torchrl.tasks.make_meta_env`.
+        max_inner_episodes (int): columns of the per-inner-episode curve (0: none).
+
+    Returns:
+        a dict with ``return_mean``, ``return_stderr``, ``normalized_mean``, ``normalized_stderr``,
+        ``oracle_mean``, ``num_tasks``, ``horizon`` and ``inner_episode_returns`` (mean over tasks, a list).
+
+    Examples:
+        >>> result = evaluate(lambda env: RandomPolicy(5, seed=0), "random_mdp", horizon=20, num_tasks=8)
+        >>> 0 < result["normalized_mean"] < 1
+        True
+    """
+    num_tasks = check_int("num_tasks", num_tasks, low=1)
+    batch_size = min(check_int("batch_size", batch_size, low=1), num_tasks)
+    env = make_meta_env(
+        task,
+        algo,
+        batch_size,
+        horizon=horizon,
+        seed=seed,
+        split="test",
+        device=device,
+        write_q_values=write_q_values,
+        q_overrides=q_overrides,
+    )
+    returns, normalized, oracles, curves = [], [], [], []
+    for start in range(0, num_tasks, batch_size):
+        rewards, inner_done, oracle = run_meta_episodes(env, make_policy, greedy=greedy)
+        n = min(batch_size, num_tasks - start)
+        total = rewards[:n].sum(1).double()
+        returns.append(total)
+        oracles.append(oracle[:n])
+        normalized.append(total / oracle[:n].to(total))
+        if max_inner_episodes:
+            curves.append(inner_episode_returns(rewards[:n], inner_done[:n], max_inner_episodes))
+    returns, normalized = torch.cat(returns), torch.cat(normalized)
+    result = {"num_tasks": num_tasks, "horizon": env.base_env.horizon}
+    result["return_mean"], result["return_stderr"] = mean_and_stderr(returns)
+    result["normalized_mean"], result["normalized_stderr"] = mean_and_stderr(normalized)
+    result["oracle_mean"] = float(torch.cat(oracles).mean())
+    if curves:
+        result["inner_episode_returns"] = torch.cat(curves).nanmean(0).tolist()
+    return result
+
+
+def baseline_policy(name: str, n_actions: int, *, seed: int = 0) -> Callable:
+    """``env -> policy`` for a baseline of :data:`BASELINES`.
+
+    Examples:
+        >>> from rl3_torchrl.envs import RandomMDPEnv
+        >>> env = RandomMDPEnv(2, horizon=5); _ = env.reset()
+        >>> type(baseline_policy("oracle", 5)(env)).__name__
+        'OraclePolicy'
+    """
+    check_choice("method", name, BASELINES)
+    if name == "random":
+        return lambda env: RandomPolicy(n_actions, seed=seed)
+    if name == "oracle":
+        return OraclePolicy.from_env
+    epsilon = 0.1 if name == "eps_greedy_q" else 0.0
+    return lambda env: QGreedyPolicy(epsilon, seed=seed)
+
+
+def evaluate_baseline(name: str, task: str, **kwargs) -> dict:
+    """:func:`evaluate` a baseline of :data:`BASELINES` (tabular ones act on the RL³ estimator's ``q_values``).
+
+    Examples:
+        >>> evaluate_baseline("oracle", "bandit", horizon=10, num_tasks=4)["normalized_mean"] > 0.5
+        True
+    """
+    check_choice("method", name, BASELINES)
+    tabular = name not in ("random", "oracle")
+    env_probe = make_meta_env(task, "rl2", 1, horizon=kwargs.get("horizon"))
+    policy = baseline_policy(name, env_probe.base_env.n_actions, seed=kwargs.get("seed", 0))
+    return evaluate(
+        policy,
+        task,
+        "rl3" if tabular else "rl2",
+        write_q_values=tabular,
+        q_overrides=_BASELINE_Q_OVERRIDES.get(name),
+        **kwargs,
+    )
+
+
+def evaluate_actor(actor, task: str, algo: str, **kwargs) -> dict:
+    """:func:`evaluate` a learned actor (its KV cache is cleared by the reset, through ``is_init``)."""
+    return evaluate(lambda env: actor, task, algo, **kwargs)
+
+
+def return_vs_horizon(
+    methods: dict[str, Callable[..., dict]], tasks: Sequence[str], horizons: Sequence[int]
+) -> list[dict]:
+    """Run ``methods[name](task=..., horizon=...)`` for every task and horizon; returns one row per run."""
+    rows = []
+    for name, run in methods.items():
+        for task in tasks:
+            for horizon in horizons:
+                rows.append({"method": name, "task": task, **run(task=task, horizon=horizon)})
+    return rows

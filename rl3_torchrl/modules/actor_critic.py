@@ -1,0 +1,118 @@
+"""Builders of the RL² / RL³ Transformer actor and critic from an environment's specs."""
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torchrl.data import Categorical
+from torchrl.modules import ProbabilisticActor
+
+from .transformer import CausalTransformer, TransformerModule
+
+__all__ = ["RL2_INPUT_KEYS", "RL3_INPUT_KEYS", "INPUT_KEYS", "make_actor_critic"]
+
+#: Per-step token of RL² (paper order): previous action (one-hot), previous reward, first-step flag,
+#: t/H, tau/T and the task observation.
+RL2_INPUT_KEYS = ("prev_action", "prev_reward", "first_step", "meta_step", "episode_step", "observation")
+#: RL³ token: the RL² token plus the online Q-estimate features of the current state.
+RL3_INPUT_KEYS = RL2_INPUT_KEYS + ("q_features",)
+#: Token keys by algorithm name.
+INPUT_KEYS = {"rl2": RL2_INPUT_KEYS, "rl3": RL3_INPUT_KEYS}
+
+
+def _head(d_model: int, out_features: int, device) -> nn.Module:
+    return nn.Sequential(nn.ReLU(), nn.Linear(d_model, out_features, device=device))
+
+
+def make_actor_critic(env, algo: str = "rl3", *, share_body: bool = False, device=None, is_init_key="is_init",
+                      **sizes):
+    """Builds the Transformer actor and critic of RL² or RL³ for ``env``.
+
+    The token of each step is the concatenation of :data:`RL2_INPUT_KEYS` (``algo="rl2"``) or
+    :data:`RL3_INPUT_KEYS` (``algo="rl3"``) read from ``env.observation_spec``, which must also hold
+    ``is_init`` (add :class:`~torchrl.envs.InitTracker`). As in the paper, actor and critic are separate
+    networks, each a :class:`~rl3_torchrl.modules.CausalTransformer` followed by a ReLU → Linear head. With
+    ``share_body=True`` one :class:`~rl3_torchrl.modules.TransformerModule` computes both ``logits`` and
+    ``state_value`` from a single backbone: the critic is then that very module (the actor also writes
+    ``state_value`` during collection).
+
+    Args:
+        env (EnvBase): the (transformed) environment; its ``action_spec`` must be a
+            :class:`~torchrl.data.Categorical` (integer actions).
+        algo (str): ``"rl3"`` (default) or ``"rl2"``.
+
+    Keyword Args:
+        share_body (bool): one backbone for actor and critic. Default False.
+        device: where to build the networks. Default ``env.device``.
+        is_init_key (NestedKey): the reset flag written by ``InitTracker``. Default ``"is_init"``.
+        **sizes: keyword arguments of :class:`~rl3_torchrl.modules.CausalTransformer` (``hidden_sizes``,
+            ``d_model``, ``num_layers``, ``num_heads``, ``ffn_dim``, ``dropout``, ``max_len``). ``max_len``
+            defaults to ``env.horizon + 1``.
+
+    Returns:
+        ``(actor, critic)``: a :class:`~torchrl.modules.ProbabilisticActor` writing ``logits``, ``action``
+        and ``action_log_prob`` (``torch.distributions.Categorical``), and a TensorDictModule writing
+        ``state_value``. Both run the step path by default and the window path under
+        ``set_recurrent_mode(True)`` (i.e. inside every torchrl loss).
+
+    Examples:
+        >>> import torch
+        >>> from types import SimpleNamespace
+        >>> from tensordict import TensorDict
+        >>> from torchrl.data import Categorical, Composite, Unbounded
+        >>> B, S, A = 4, 10, 5
+        >>> sizes = dict(observation=S, prev_action=A, prev_reward=1, first_step=1, meta_step=1, episode_step=1,
+        ...              q_features=2 * A + 1)
+        >>> spec = Composite({k: Unbounded((B, n)) for k, n in sizes.items()},
+        ...                  is_init=Categorical(2, (B, 1), dtype=torch.bool), shape=(B,))
+        >>> env = SimpleNamespace(observation_spec=spec, action_spec=Categorical(A, shape=(B,)), horizon=16,
+        ...                       device=None)
+        >>> actor, critic = make_actor_critic(env, "rl3", d_model=16, hidden_sizes=(32,), ffn_dim=32)
+        >>> td = critic(actor(spec.zero().set("is_init", torch.ones(B, 1, dtype=torch.bool))))
+        >>> td["action"].shape, td["action_log_prob"].shape, td["state_value"].shape
+        (torch.Size([4]), torch.Size([4]), torch.Size([4, 1]))
+    """
+    if algo not in INPUT_KEYS:
+        raise ValueError(f"unknown algo={algo!r}; expected one of {sorted(INPUT_KEYS)}.")
+    keys = INPUT_KEYS[algo]
+    spec = env.observation_spec
+    available = sorted(map(str, spec.keys(include_nested=True, leaves_only=True)))
+    for key in (*keys, is_init_key):
+        if key not in spec.keys(include_nested=True):
+            hint = " (add torchrl.envs.InitTracker)" if key == is_init_key else ""
+            raise ValueError(
+                f"algo={algo!r} needs the observation key {key!r}{hint}, which env.observation_spec lacks; "
+                f"available keys: {available}."
+            )
+    action_spec = env.action_spec
+    if not isinstance(action_spec, Categorical):
+        raise ValueError(
+            f"make_actor_critic needs integer actions (a torchrl.data.Categorical action_spec), "
+            f"got {type(action_spec).__name__}."
+        )
+    if "max_len" not in sizes:
+        horizon = getattr(env, "horizon", None)
+        if horizon is None:
+            raise ValueError("pass max_len=H + 1: the env has no `horizon` attribute to derive it from.")
+        sizes["max_len"] = int(horizon) + 1
+    device = torch.device(device) if device is not None else env.device
+    in_features = sum(spec[key].shape[-1] for key in keys)
+    num_actions = int(action_spec.space.n)
+
+    def transformer_module(out_keys, out_sizes):
+        backbone = CausalTransformer(in_features, device=device, **sizes)
+        heads = [_head(backbone.d_model, n, device) for n in out_sizes]
+        return TransformerModule(backbone, heads, in_keys=list(keys), out_keys=out_keys, is_init_key=is_init_key)
+
+    if share_body:
+        policy_module = critic = transformer_module(["logits", "state_value"], [num_actions, 1])
+    else:
+        policy_module = transformer_module(["logits"], [num_actions])
+        critic = transformer_module(["state_value"], [1])
+    actor = ProbabilisticActor(
+        policy_module,
+        in_keys=["logits"],
+        spec=action_spec,
+        distribution_class=torch.distributions.Categorical,
+        return_log_prob=True,
+    )
+    return actor, critic

@@ -1,0 +1,130 @@
+"""Figures of the recipes: meta-training curves, return vs horizon, and RL³'s value estimates on a grid."""
+from __future__ import annotations
+
+import csv
+from collections.abc import Sequence
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg", force=False)
+import matplotlib.pyplot as plt  # noqa: E402
+
+
+def read_scalars(log_dir) -> dict[str, tuple[list[int], list[float]]]:
+    """Read the ``scalars/*.csv`` files of torchrl's ``CSVLogger``: ``{name: (steps, values)}``.
+
+    Examples:
+        >>> import tempfile, pathlib
+        >>> d = pathlib.Path(tempfile.mkdtemp()); (d / "scalars").mkdir()
+        >>> _ = (d / "scalars" / "return.csv").write_text("1,2.5\\n2,3.0\\n")
+        >>> read_scalars(d)["return"]
+        ([1, 2], [2.5, 3.0])
+    """
+    scalars = {}
+    for path in sorted(Path(log_dir).glob("scalars/*.csv")):
+        with open(path, newline="") as f:
+            rows = [row for row in csv.reader(f) if row]
+        scalars[path.stem] = ([int(float(r[0])) for r in rows], [float(r[1]) for r in rows])
+    if not scalars:
+        raise FileNotFoundError(f"no scalars/*.csv under {str(log_dir)!r}: was the run logged with the CSV logger?")
+    return scalars
+
+
+def plot_training_curves(
+    log_dirs: dict[str, Path], keys: Sequence[str] = ("return", "eval_normalized_return", "kl_approx", "entropy")
+):
+    """One panel per scalar, one line per run (``{label: CSV log dir}``); returns the figure."""
+    runs = {label: read_scalars(d) for label, d in log_dirs.items()}
+    keys = [k for k in keys if any(k in s for s in runs.values())]
+    fig, axes = plt.subplots(1, len(keys), figsize=(4 * len(keys), 3.2), squeeze=False)
+    for ax, key in zip(axes[0], keys):
+        for label, scalars in runs.items():
+            if key in scalars:
+                ax.plot(*scalars[key], label=label, marker="." if len(scalars[key][0]) < 20 else None)
+        ax.set_title(key)
+        ax.set_xlabel("iteration")
+        ax.grid(alpha=0.3)
+    axes[0][0].legend()
+    fig.tight_layout()
+    return fig
+
+
+def plot_return_vs_horizon(rows: Sequence[dict], value: str = "normalized_mean", ood_tasks: Sequence[str] = ()):
+    """Return vs ``H``: one colour per method, solid in-distribution, dashed for the tasks in ``ood_tasks``.
+
+    Args:
+        rows: dicts with ``method``, ``task``, ``horizon``, ``value`` and ``value`` + ``_stderr`` minus ``_mean``
+            (as written by ``recipes/evaluate.py``).
+
+    Examples:
+        >>> rows = [{"method": "random", "task": t, "horizon": h, "normalized_mean": 0.4, "normalized_stderr": 0.01}
+        ...         for t in ("random_mdp", "random_mdp_ood") for h in (10, 20)]
+        >>> fig = plot_return_vs_horizon(rows, ood_tasks=["random_mdp_ood"])
+        >>> len(fig.axes[0].containers)
+        2
+    """
+    stderr = value.replace("_mean", "_stderr")
+    fig, ax = plt.subplots(figsize=(5.5, 4))
+    methods = list(dict.fromkeys(r["method"] for r in rows))
+    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for i, method in enumerate(methods):
+        for task in dict.fromkeys(r["task"] for r in rows if r["method"] == method):
+            pts = sorted((r["horizon"], r[value], r.get(stderr, 0.0)) for r in rows if (r["method"], r["task"]) == (method, task))
+            h, y, e = zip(*pts)
+            ood = task in ood_tasks
+            ax.errorbar(
+                h, y, yerr=e, color=colours[i % len(colours)], linestyle="--" if ood else "-", marker="o",
+                label=f"{method} ({'OOD' if ood else 'in-dist'}: {task})", capsize=2,
+            )
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("meta-episode length H")
+    ax.set_ylabel("oracle-normalised return" if value == "normalized_mean" else value)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    return fig
+
+
+def plot_value_map(task: str = "gridworld_13x13", *, policy=None, algo: str = "rl3", horizon=None, seed: int = 0):
+    """Play one meta-episode on a held-out gridworld and draw the online Q estimator's values on the grid.
+
+    Args:
+        task (str): a gridworld task name.
+
+    Keyword Args:
+        policy: a TensorDict policy for an env with ``algo``'s inputs (e.g. a trained RL³ actor); default: the
+            greedy tabular policy on the estimator's own ``q_values``.
+        algo (str): ``"rl3"`` or ``"rl3_coarse"``.
+        horizon (int, optional): ``H`` (default: the task's).
+        seed (int): the test task stream's seed.
+
+    Examples:
+        >>> fig = plot_value_map("gridworld_11x11", horizon=30)
+        >>> len(fig.axes) >= 1
+        True
+    """
+    from rl3_torchrl.evaluation import run_meta_episodes  # the evaluation module imports plotting's users
+    from rl3_torchrl.modules.tabular import QGreedyPolicy
+    from rl3_torchrl.envs import plot_grid
+    from rl3_torchrl.tasks import make_meta_env
+    from rl3_torchrl.transforms import OnlineQEstimator
+
+    if not task.startswith("gridworld"):
+        raise ValueError(f"plot_value_map needs a gridworld task, got task={task!r}.")
+    env = make_meta_env(task, algo, 1, horizon=horizon, seed=seed, split="test", write_q_values=policy is None)
+    states = []
+    act = policy or QGreedyPolicy(0.0, seed=seed)
+
+    def record(td):
+        states.append(int(td["state"][0]))
+        return act(td)
+
+    rewards, _, oracle = run_meta_episodes(env, lambda env: record)
+    estimator = next(t for t in env.transform if isinstance(t, OnlineQEstimator))
+    base = env.base_env
+    values = estimator.value_map()[0]
+    fig, ax = plt.subplots(figsize=(5, 5))
+    plot_grid(base.tiles()[0], trajectory=states, values=values, ax=ax,
+              title=f"{task}: return {float(rewards.sum()):.0f} (oracle {float(oracle[0]):.0f}); V estimates")
+    return fig

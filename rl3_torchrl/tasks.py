@@ -1,0 +1,120 @@
+"""Named task distributions and the RL²/RL³ env pipeline built on them.
+
+A *task* name selects an env class and one of its presets (``"random_mdp"``, ``"random_mdp_ood"``, ``"bandit"``,
+``"gridworld_13x13_watery"``, …). :func:`make_meta_env` wraps it in the transforms of an algorithm:
+
+* ``"rl2"``: :class:`~rl3_torchrl.transforms.MetaRLInputs` + ``InitTracker``;
+* ``"rl3"``: the same plus :class:`~rl3_torchrl.transforms.OnlineQEstimator` (the task family's preset);
+* ``"rl3_coarse"``: RL³ with the coarse state abstraction of the Q model (gridworlds only).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from torchrl.envs import Compose, InitTracker, TransformedEnv
+
+from rl3_torchrl._validation import check_choice
+from rl3_torchrl.envs import GridworldEnv, RandomMDPEnv
+from rl3_torchrl.transforms import MetaRLInputs, OnlineQEstimator
+
+ALGOS = ("rl2", "rl3", "rl3_coarse")
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    """One named task distribution: the env class, its preset and the family it is a shift of."""
+
+    env_cls: type
+    preset: str
+    family: str
+
+    @property
+    def q_preset(self) -> str:
+        return "gridworld" if self.env_cls is GridworldEnv else "random_mdp"
+
+
+def _registry() -> dict[str, TaskSpec]:
+    tasks = {
+        "random_mdp": TaskSpec(RandomMDPEnv, "default", "random_mdp"),
+        "random_mdp_ood": TaskSpec(RandomMDPEnv, "ood", "random_mdp"),
+        "bandit": TaskSpec(RandomMDPEnv, "bandit", "bandit"),
+        "bandit_ood": TaskSpec(RandomMDPEnv, "bandit_ood", "bandit"),
+    }
+    for preset in GridworldEnv.PRESETS:
+        family = "gridworld_" + preset.split("_")[0]
+        tasks["gridworld_" + preset] = TaskSpec(GridworldEnv, preset, family)
+    return tasks
+
+
+TASKS: dict[str, TaskSpec] = _registry()
+
+
+def task_family(task: str) -> list[str]:
+    """The task itself and its out-of-distribution shifts, in-distribution first.
+
+    Examples:
+        >>> task_family("random_mdp")
+        ['random_mdp', 'random_mdp_ood']
+    """
+    family = TASKS[check_choice("task", task, TASKS)].family
+    return [family] + [name for name, spec in TASKS.items() if spec.family == family and name != family]
+
+
+def make_task_env(task: str, num_envs: int, **kwargs):
+    """The base env of a named task; keyword arguments (``horizon``, ``seed``, ``split``, ``device``, …) override
+    its preset.
+
+    Examples:
+        >>> env = make_task_env("gridworld_11x11", 2)
+        >>> env.horizon, env.n_states
+        (250, 121)
+    """
+    spec = TASKS[check_choice("task", task, TASKS)]
+    return spec.env_cls.from_preset(spec.preset, num_envs, **{k: v for k, v in kwargs.items() if v is not None})
+
+
+def make_meta_env(
+    task: str,
+    algo: str,
+    num_envs: int,
+    *,
+    write_q_values: bool = False,
+    q_overrides: dict | None = None,
+    **env_kwargs,
+) -> TransformedEnv:
+    """The env of a task wrapped in the input transforms of an algorithm.
+
+    Args:
+        task (str): a name of :data:`TASKS`.
+        algo (str): ``"rl2"``, ``"rl3"`` or ``"rl3_coarse"``.
+        num_envs (int): the number of tasks held at once.
+
+    Keyword Args:
+        write_q_values (bool): RL³ only: also write the raw ``q_values`` (for tabular baseline policies).
+        q_overrides (dict, optional): RL³ only: arguments overriding the Q estimator's preset.
+        **env_kwargs: passed to :func:`make_task_env` (``horizon``, ``seed``, ``split``, ``device``, …); ``None``
+            values keep the preset's.
+
+    Examples:
+        >>> env = make_meta_env("random_mdp", "rl3", 4, horizon=20)
+        >>> td = env.reset()
+        >>> td["q_features"].shape, td["prev_action"].shape, bool(td["is_init"].all())
+        (torch.Size([4, 11]), torch.Size([4, 5]), True)
+    """
+    check_choice("algo", algo, ALGOS)
+    spec = TASKS[check_choice("task", task, TASKS)]
+    transforms = [MetaRLInputs()]
+    if algo == "rl2":
+        if write_q_values or q_overrides:
+            raise ValueError("write_q_values and q_overrides need algo='rl3' or 'rl3_coarse', got algo='rl2'.")
+    else:
+        q_preset = spec.q_preset
+        if algo == "rl3_coarse":
+            if q_preset != "gridworld":
+                raise ValueError(f"algo='rl3_coarse' needs a gridworld task (a state abstraction), got task={task!r}.")
+            q_preset = "gridworld_coarse"
+        transforms.append(
+            OnlineQEstimator.from_preset(q_preset, write_q_values=write_q_values, **(q_overrides or {}))
+        )
+    transforms.append(InitTracker())
+    return TransformedEnv(make_task_env(task, num_envs, **env_kwargs), Compose(*transforms))

@@ -1,0 +1,425 @@
+"""PPO meta-training of RL² and RL³ with stock TorchRL parts.
+
+One iteration collects one meta-episode per env with a :class:`~torchrl.collectors.Collector` (the actor's step
+path, KV cache inside the module), computes values with the critic's window path and advantages with
+:class:`~torchrl.objectives.value.GAE`, then runs :class:`~torchrl.objectives.ClipPPOLoss` for several epochs on
+minibatches of whole meta-episodes. As in the paper, the actor stops updating for the rest of an iteration once
+the approximate KL to the behaviour policy exceeds ``ppo.target_kl``, while the critic keeps training; the
+entropy bonus can decay linearly to zero; the critic alone has weight decay.
+
+The configuration is an OmegaConf tree (``rl3_torchrl/configs/ppo.yaml`` and the named configs beside it);
+:func:`load_config` merges a named config and ``key=value`` overrides, :func:`train` runs it.
+"""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+from torchrl._utils import timeit
+from torchrl.collectors import Collector
+from torchrl.data import LazyTensorStorage, ReplayBuffer, SamplerWithoutReplacement
+from torchrl.modules import set_recurrent_mode
+from torchrl.objectives import ClipPPOLoss
+from torchrl.objectives.value import GAE
+from torchrl.record.loggers import get_logger
+from tqdm.auto import tqdm
+
+from rl3_torchrl._validation import check_choice
+from rl3_torchrl.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from rl3_torchrl.modules import make_actor_critic
+from rl3_torchrl.modules.transformer import TransformerModule
+from rl3_torchrl.tasks import ALGOS, TASKS, make_meta_env
+from rl3_torchrl.transforms import OnlineQEstimator
+
+CONFIG_DIR = Path(__file__).parent / "configs"
+CHECKPOINT_NAME = "checkpoint.pt"
+# Keys that may change when a run is resumed; everything else must match the checkpoint.
+RESUMABLE_KEYS = ("iterations", "checkpoint.every", "checkpoint.resume", "logger.backend", "eval.every", "progress")
+
+
+def named_configs() -> list[str]:
+    """The named configurations shipped with the package.
+
+    Examples:
+        >>> "paper_random_mdp" in named_configs()
+        True
+    """
+    return sorted(p.stem for p in CONFIG_DIR.glob("*.yaml") if p.stem != "ppo")
+
+
+def load_config(overrides: list[str] | None = None, config: str | None = None) -> DictConfig:
+    """The default configuration, merged with a named config and ``key=value`` overrides.
+
+    ``overrides`` may itself hold ``config=NAME``. Unknown keys are rejected (the tree is struct-locked).
+
+    Examples:
+        >>> cfg = load_config(["algo=rl2", "ppo.lr=1e-4"])
+        >>> cfg.algo, cfg.ppo.lr
+        ('rl2', 0.0001)
+        >>> load_config(config="paper_random_mdp").horizon
+        512
+    """
+    overrides = list(overrides or [])
+    names = [o.split("=", 1)[1] for o in overrides if o.startswith("config=")]
+    overrides = [o for o in overrides if not o.startswith("config=")]
+    config = names[-1] if names else config
+    cfg = OmegaConf.load(CONFIG_DIR / "ppo.yaml")
+    OmegaConf.set_struct(cfg, True)
+    if config is not None:
+        check_choice("config", config, named_configs())
+        cfg = OmegaConf.merge(cfg, OmegaConf.load(CONFIG_DIR / f"{config}.yaml"))
+    malformed = [o for o in overrides if "=" not in o]
+    if malformed:
+        raise ValueError(f"overrides must look like key=value, got {malformed}.")
+    try:
+        cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist(overrides))
+    except Exception as err:  # omegaconf raises ConfigKeyError & co. for unknown keys
+        raise ValueError(f"bad override in {overrides}: {err}") from None
+    validate_config(cfg)
+    return cfg
+
+
+def validate_config(cfg: DictConfig) -> None:
+    """Check the choices of a configuration, with errors naming the key, the value and what is allowed."""
+    check_choice("algo", cfg.algo, ALGOS)
+    check_choice("env", cfg.env, TASKS)
+    check_choice("ppo.entropy_schedule", cfg.ppo.entropy_schedule, ("linear", "constant"))
+    check_choice("logger.backend", cfg.logger.backend, ("csv", "tensorboard", "wandb", ""))
+    for key in ("num_envs", "iterations", "ppo.epochs", "ppo.minibatch_episodes", "checkpoint.every"):
+        value = OmegaConf.select(cfg, key)
+        if not isinstance(value, int) or value < 1:
+            raise ValueError(f"{key}={value!r} must be a positive integer.")
+    if cfg.ppo.minibatch_episodes > cfg.num_envs:
+        raise ValueError(
+            f"ppo.minibatch_episodes={cfg.ppo.minibatch_episodes} exceeds num_envs={cfg.num_envs} "
+            "(a minibatch holds whole meta-episodes of one iteration)."
+        )
+
+
+def _flat(cfg: DictConfig) -> dict:
+    flat = {}
+
+    def walk(node, prefix):
+        for key, value in node.items():
+            name = f"{prefix}{key}"
+            if isinstance(value, dict):
+                walk(value, name + ".")
+            else:
+                flat[name] = value
+
+    walk(OmegaConf.to_container(cfg, resolve=True), "")
+    return flat
+
+
+class Trainer:
+    """Builds every part of a PPO meta-training run from a configuration, and runs it.
+
+    Args:
+        cfg (DictConfig): from :func:`load_config`.
+
+    Examples:
+        >>> import tempfile
+        >>> cfg = load_config(["horizon=8", "num_envs=4", "iterations=2", "ppo.minibatch_episodes=2",
+        ...                    "model.d_model=16", "model.hidden_sizes=[16]", "model.ffn_dim=16", "model.num_layers=1",
+        ...                    "eval.every=0", "progress=false", f"output_dir={tempfile.mkdtemp()}"])
+        >>> history = Trainer(cfg).train()
+        >>> len(history), sorted(history[0])[:3]
+        (2, ['actor_updates', 'clip_fraction', 'entropy'])
+    """
+
+    def __init__(self, cfg: DictConfig):
+        validate_config(cfg)
+        self.cfg = cfg
+        self.device = torch.device(cfg.device)
+        self.output_dir = Path(cfg.output_dir)
+        self.checkpoint_path = self.output_dir / CHECKPOINT_NAME
+        if self.checkpoint_path.exists() and not cfg.checkpoint.resume:
+            raise FileExistsError(
+                f"{str(self.checkpoint_path)!r} exists: pass checkpoint.resume=true to continue that run, "
+                "or choose another output_dir."
+            )
+        torch.manual_seed(cfg.seed)
+        self.env = make_meta_env(
+            cfg.env, cfg.algo, cfg.num_envs, horizon=cfg.horizon, seed=cfg.seed, split="train", device=self.device
+        )
+        self.horizon = self.env.base_env.horizon
+        model = OmegaConf.to_container(cfg.model, resolve=True)
+        self.actor, self.critic = make_actor_critic(
+            self.env, "rl2" if cfg.algo == "rl2" else "rl3", device=self.device, **model
+        )
+        ppo = cfg.ppo
+        self.loss = ClipPPOLoss(
+            self.actor,
+            self.critic,
+            clip_epsilon=ppo.clip_epsilon,
+            entropy_coeff=ppo.entropy_coeff,
+            critic_coeff=ppo.critic_coeff,
+            loss_critic_type=ppo.loss_critic_type,
+            normalize_advantage=True,
+        )
+        self.gae = GAE(gamma=ppo.gamma, lmbda=ppo.lmbda, value_network=None, device=self.device)
+        actor_params = list(self.actor.parameters())
+        actor_ids = {id(p) for p in actor_params}
+        critic_params = [p for p in self.critic.parameters() if id(p) not in actor_ids]
+        self.optimizer = torch.optim.AdamW(
+            [
+                {"params": actor_params, "weight_decay": 0.0},
+                {"params": critic_params, "weight_decay": ppo.critic_weight_decay},
+            ],
+            lr=ppo.lr,
+            eps=ppo.adam_eps,
+        )
+        self.buffer = ReplayBuffer(
+            storage=LazyTensorStorage(cfg.num_envs, device=self.device),
+            sampler=SamplerWithoutReplacement(),
+            batch_size=ppo.minibatch_episodes,
+        )
+        self.frames_per_batch = cfg.num_envs * self.horizon
+        self._time_q_estimation()
+        self.iteration = 0
+        self.logger = None
+
+    # ------------------------------------------------------------------ parts
+    def _time_q_estimation(self) -> None:
+        """Accumulate the time spent in the online Q estimator under torchrl's ``timeit("q_estimation")``."""
+        for transform in self.env.transform:
+            if isinstance(transform, OnlineQEstimator):
+                transform._step = timeit("q_estimation")(transform._step)
+                transform._reset = timeit("q_estimation")(transform._reset)
+
+    def entropy_coeff(self, iteration: int) -> float:
+        """The entropy bonus of an iteration (linear decay to 0 at the last one, or constant)."""
+        c = self.cfg.ppo.entropy_coeff
+        if self.cfg.ppo.entropy_schedule == "linear":
+            c *= 1 - iteration / self.cfg.iterations
+        return c
+
+    def _make_collector(self, iterations: int) -> Collector:
+        return Collector(
+            self.env,
+            self.actor,
+            frames_per_batch=self.frames_per_batch,
+            total_frames=iterations * self.frames_per_batch,
+            reset_at_each_iter=True,
+            auto_register_policy_transforms=False,
+            device=self.device,
+        )
+
+    def _make_logger(self, state: dict | None):
+        backend = self.cfg.logger.backend
+        if not backend:
+            return None
+        log_dir = str(self.output_dir / "logs")
+        if state is not None and backend == "csv":
+            _truncate_logs(state.get("log_sizes", {}))
+        return get_logger(backend, logger_name=log_dir, experiment_name=self.cfg.logger.exp_name)
+
+    def log_dir(self) -> Path:
+        """Where the CSV logger writes its ``scalars/*.csv`` files."""
+        return self.output_dir / "logs" / self.cfg.logger.exp_name
+
+    # ------------------------------------------------------------------ checkpoints
+    def state_dict(self) -> dict:
+        base = self.env.base_env
+        log_files = sorted(self.log_dir().glob("scalars/*.csv")) if self.cfg.logger.backend == "csv" else []
+        return {
+            "config": _flat(self.cfg),
+            "iteration": self.iteration,
+            "actor": self.actor.state_dict(),
+            "critic": self.critic.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "torch_rng": torch.get_rng_state(),
+            "env_rng": base.rng_state(),
+            "log_sizes": {str(p): p.stat().st_size for p in log_files},
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        self.actor.load_state_dict(state["actor"])
+        self.critic.load_state_dict(state["critic"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        torch.set_rng_state(state["torch_rng"])
+        self.env.base_env.set_rng_state(state["env_rng"])
+        self.iteration = state["iteration"]
+
+    def _resume_state(self) -> dict | None:
+        if not self.cfg.checkpoint.resume:
+            return None
+        if not self.checkpoint_path.exists():
+            raise CheckpointError(
+                f"checkpoint.resume=true but there is no checkpoint at {str(self.checkpoint_path)!r}."
+            )
+        return load_checkpoint(self.checkpoint_path, expected_config=_flat(self.cfg), ignore=RESUMABLE_KEYS)
+
+    def save(self) -> Path:
+        """Write the checkpoint of the current iteration atomically."""
+        return save_checkpoint(self.state_dict(), self.checkpoint_path)
+
+    # ------------------------------------------------------------------ one iteration
+    def advantages(self, data) -> None:
+        """Values of whole meta-episodes with the critic's window path, then GAE (in place)."""
+        with torch.no_grad(), set_recurrent_mode(True):
+            self.critic(data)
+            value = data["state_value"]
+            data["next", "state_value"] = torch.cat([value[:, 1:], torch.zeros_like(value[:, :1])], 1)
+            self.gae(data)
+
+    def update(self, data) -> dict:
+        """PPO epochs on minibatches of whole meta-episodes; returns the iteration's mean statistics."""
+        ppo = self.cfg.ppo
+        self.loss.entropy_coeff.fill_(self.entropy_coeff(self.iteration))
+        self.buffer.empty()
+        self.buffer.extend(data)
+        actor_active, actor_updates, stats = True, 0, []
+        for _ in range(ppo.epochs):
+            for batch in self.buffer:
+                out = self.loss(batch)
+                kl = out["kl_approx"].detach()
+                if ppo.target_kl is not None and actor_active and kl > ppo.target_kl:
+                    actor_active = False  # the actor has moved far enough this iteration; the critic goes on
+                total = out["loss_critic"]
+                if actor_active:
+                    total = total + out["loss_objective"] + out["loss_entropy"]
+                    actor_updates += 1
+                self.optimizer.zero_grad(set_to_none=True)
+                total.backward()
+                torch.nn.utils.clip_grad_norm_(self.loss.parameters(), ppo.max_grad_norm)
+                self.optimizer.step()
+                stats.append(out.select(*_LOSS_STATS).detach())
+        result = {k: float(torch.stack([s[k] for s in stats]).float().mean()) for k in stats[0].keys()}
+        result["actor_updates"] = actor_updates
+        return result
+
+    # ------------------------------------------------------------------ the run
+    def train(self) -> list[dict]:
+        """Run (or resume) the configured number of iterations; returns the logged rows of this call."""
+        cfg = self.cfg
+        state = self._resume_state()
+        if state is not None:
+            self.load_state_dict(state)
+        self.logger = self._make_logger(state)
+        remaining = cfg.iterations - self.iteration
+        if remaining <= 0:
+            return []
+        collector = self._make_collector(remaining)
+        if state is not None:  # the collector's construction drew tasks: restore the streams after it
+            self.env.base_env.set_rng_state(state["env_rng"])
+            torch.set_rng_state(state["torch_rng"])
+        history = []
+        bar = tqdm(total=cfg.iterations, initial=self.iteration, disable=not cfg.progress, desc=f"{cfg.algo} {cfg.env}")
+        timeit.erase()
+        data_iter = iter(collector)
+        try:
+            while self.iteration < cfg.iterations:
+                start = time.perf_counter()
+                with timeit("collection"):
+                    data = next(data_iter)
+                with timeit("update"):
+                    self.advantages(data)
+                    row = self.update(data)
+                collector.update_policy_weights_()
+                elapsed = time.perf_counter() - start
+                times = timeit.todict(percall=False)
+                timeit.erase()
+                row.update(
+                    {
+                        "return": float(data["next", "reward"].sum(-2).mean()),
+                        "frames_per_s": self.frames_per_batch / elapsed,
+                        "entropy_coeff": self.entropy_coeff(self.iteration),
+                        "time_collection": times.get("collection", 0.0),
+                        "time_q_estimation": times.get("q_estimation", 0.0),
+                        "time_update": times.get("update", 0.0),
+                    }
+                )
+                self.iteration += 1
+                row.update(self._evaluate())
+                self._log(row)
+                history.append(row)
+                bar.set_postfix(ret=f"{row['return']:.1f}", fps=f"{row['frames_per_s']:.0f}")
+                bar.update()
+                if self.iteration % cfg.checkpoint.every == 0 or self.iteration == cfg.iterations:
+                    self.save()
+        finally:
+            bar.close()
+            collector.shutdown()
+        return history
+
+    def _evaluate(self) -> dict:
+        every = self.cfg.eval.every
+        if not every or (self.iteration % every and self.iteration != self.cfg.iterations):
+            return {}
+        from rl3_torchrl.evaluation import evaluate_actor
+
+        result = evaluate_actor(
+            self.actor,
+            self.cfg.env,
+            self.cfg.algo,
+            num_tasks=self.cfg.eval.num_tasks,
+            horizon=self.horizon,
+            seed=self.cfg.seed,
+            device=self.device,
+        )
+        return {"eval_return": result["return_mean"], "eval_normalized_return": result["normalized_mean"]}
+
+    def _log(self, row: dict) -> None:
+        if self.logger is None:
+            return
+        for key, value in row.items():
+            self.logger.log_scalar(key, value, step=self.iteration)
+
+
+_LOSS_STATS = (
+    "loss_objective",
+    "loss_critic",
+    "loss_entropy",
+    "entropy",
+    "kl_approx",
+    "clip_fraction",
+    "explained_variance",
+)
+
+
+def _truncate_logs(sizes: dict) -> None:
+    """Cut each CSV log back to its size at the checkpoint, so a resumed run logs every iteration once."""
+    for path, size in sizes.items():
+        path = Path(path)
+        if path.exists() and path.stat().st_size > size:
+            with open(path, "r+b") as f:
+                f.truncate(size)
+
+
+def train(cfg: DictConfig) -> list[dict]:
+    """Build a :class:`Trainer` from ``cfg`` and run it; returns the logged rows.
+
+    Examples:
+        >>> import tempfile
+        >>> cfg = load_config(["env=bandit", "horizon=6", "num_envs=2", "iterations=1", "ppo.minibatch_episodes=1",
+        ...                    "model.d_model=8", "model.hidden_sizes=[8]", "model.ffn_dim=8", "model.num_layers=1",
+        ...                    "model.num_heads=2", "eval.every=0", "progress=false", f"output_dir={tempfile.mkdtemp()}"])
+        >>> len(train(cfg))
+        1
+    """
+    return Trainer(cfg).train()
+
+
+def load_actor(path, *, device=None) -> tuple[TransformerModule, DictConfig]:
+    """Rebuild the trained actor of a checkpoint; returns ``(actor, config)``."""
+    state = load_checkpoint(path)
+    cfg = OmegaConf.create(_unflatten(state["config"]))
+    env = make_meta_env(cfg.env, cfg.algo, 1, horizon=cfg.horizon, device=device)
+    model = OmegaConf.to_container(cfg.model, resolve=True)
+    actor, _ = make_actor_critic(env, "rl2" if cfg.algo == "rl2" else "rl3", device=device, **model)
+    actor.load_state_dict(state["actor"])
+    return actor, cfg
+
+
+def _unflatten(flat: dict) -> dict:
+    tree: dict = {}
+    for key, value in flat.items():
+        node = tree
+        *parents, leaf = key.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = value
+    return tree

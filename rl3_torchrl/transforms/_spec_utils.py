@@ -1,0 +1,32 @@
+"""Spec and key helpers shared by the transforms."""
+from __future__ import annotations
+
+import torch
+from tensordict import TensorDictBase
+from torchrl.data import Binary, Categorical, MultiCategorical, MultiOneHot, OneHot
+
+
+def discrete_action_size(spec, owner: str) -> tuple[int, bool]:
+    """``(n_actions, one_hot)`` of a ``Categorical`` or ``OneHot`` action spec; a clear error for anything else."""
+    if isinstance(spec, OneHot) and not isinstance(spec, MultiOneHot):
+        return int(spec.space.n), True
+    if isinstance(spec, Categorical) and not isinstance(spec, (Binary, MultiCategorical)):
+        return int(spec.space.n), False
+    raise TypeError(
+        f"{owner} needs a discrete action spec (Categorical or OneHot) to infer the number of actions, got "
+        f"{type(spec).__name__}; wrap a continuous or multi-discrete env differently or pass n_actions= where allowed."
+    )
+
+
+def action_index(action: torch.Tensor, one_hot: bool) -> torch.Tensor:
+    """Integer action indices from a Categorical (``[*B]``) or one-hot (``[*B, A]``) action."""
+    return action.argmax(-1) if one_hot else action
+
+
+def get_key(tensordict: TensorDictBase, key, argument: str, owner: str) -> torch.Tensor:
+    """``tensordict[key]``, or a ``KeyError`` naming the argument, the key and the keys available."""
+    value = tensordict.get(key, None)
+    if value is None:
+        available = sorted(str(k) for k in tensordict.keys(True, True))
+        raise KeyError(f"{owner}: {argument}={key!r} is not in the tensordict; available keys: {available}.")
+    return value

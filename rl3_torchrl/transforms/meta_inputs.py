@@ -1,0 +1,120 @@
+"""The RL² per-step inputs: previous action (one-hot), previous reward and a first-step flag."""
+from __future__ import annotations
+
+import torch
+from tensordict import TensorDictBase
+from torchrl.data import Bounded, Unbounded
+from torchrl.envs import Transform
+from torchrl.envs.transforms.utils import _get_reset
+
+from rl3_torchrl.transforms._spec_utils import action_index, discrete_action_size, get_key
+
+
+class MetaRLInputs(Transform):
+    """Add the RL² inputs of every step to the observation.
+
+    After a step: ``prev_action`` is the one-hot of the action just taken (float ``[*B, A]``), ``prev_reward`` the
+    reward just received (float ``[*B, 1]``) and ``first_step`` 0. After a reset: zeros, zeros and
+    ``first_step = 1``, only in the rows being reset (``_reset`` mask); the other rows keep their values.
+    ``A`` is read from the env's action spec, which must be discrete (``Categorical`` or ``OneHot``).
+
+    Keyword Args:
+        action_key, reward_key (NestedKey): where the action and the reward are read (``"action"``, ``"reward"``).
+        prev_action_key, prev_reward_key, first_step_key (NestedKey): the keys written (``"prev_action"``,
+            ``"prev_reward"``, ``"first_step"``).
+
+    Examples:
+        >>> from torchrl.envs import TransformedEnv
+        >>> from rl3_torchrl.envs import RandomMDPEnv
+        >>> env = TransformedEnv(RandomMDPEnv(num_envs=2, horizon=4, seed=0), MetaRLInputs())
+        >>> td = env.reset()
+        >>> td["prev_action"].tolist(), td["first_step"].tolist()
+        ([[0.0, 0.0, 0.0, 0.0, 0.0], [0.0, 0.0, 0.0, 0.0, 0.0]], [[1.0], [1.0]])
+        >>> td["action"] = torch.tensor([3, 1])
+        >>> nxt = env.step(td)["next"]
+        >>> nxt["prev_action"].argmax(-1).tolist(), nxt["first_step"].tolist()
+        ([3, 1], [[0.0], [0.0]])
+        >>> bool((nxt["prev_reward"] == nxt["reward"]).all())
+        True
+    """
+
+    def __init__(
+        self,
+        *,
+        action_key="action",
+        reward_key="reward",
+        prev_action_key="prev_action",
+        prev_reward_key="prev_reward",
+        first_step_key="first_step",
+    ):
+        super().__init__(in_keys=[], out_keys=[prev_action_key, prev_reward_key, first_step_key])
+        self.action_key, self.reward_key = action_key, reward_key
+        self.prev_action_key, self.prev_reward_key, self.first_step_key = (
+            prev_action_key,
+            prev_reward_key,
+            first_step_key,
+        )
+
+    def set_container(self, container) -> None:
+        self._actions = None
+        return super().set_container(container)
+
+    def _action_size(self) -> tuple[int, bool]:
+        """``(A, one_hot)`` from the env's action spec, read once."""
+        if getattr(self, "_actions", None) is None:
+            self._actions = discrete_action_size(self._action_spec(), "MetaRLInputs")
+        return self._actions
+
+    def _action_spec(self):
+        if self.parent is None:
+            raise RuntimeError("MetaRLInputs must be used inside a TransformedEnv (it reads the action spec).")
+        spec = self.parent.full_action_spec
+        if self.action_key not in spec.keys(True, True):
+            raise KeyError(
+                f"MetaRLInputs: action_key={self.action_key!r} is not an action of the env; available: "
+                f"{sorted(str(k) for k in spec.keys(True, True))}."
+            )
+        return spec[self.action_key]
+
+    @property
+    def n_actions(self) -> int:
+        """The number of actions, from the env's action spec."""
+        return self._action_size()[0]
+
+    def _step(self, tensordict: TensorDictBase, next_tensordict: TensorDictBase) -> TensorDictBase:
+        n_actions, one_hot = self._action_size()
+        action = get_key(tensordict, self.action_key, "action_key", "MetaRLInputs")
+        reward = get_key(next_tensordict, self.reward_key, "reward_key", "MetaRLInputs")
+        if one_hot:
+            prev_action = action.to(torch.float32)
+        else:
+            prev_action = torch.nn.functional.one_hot(action_index(action, False), n_actions).to(torch.float32)
+        next_tensordict.set(self.prev_action_key, prev_action)
+        next_tensordict.set(self.prev_reward_key, reward.to(torch.float32).reshape(*next_tensordict.shape, 1))
+        next_tensordict.set(self.first_step_key, torch.zeros_like(prev_action[..., :1]))
+        return next_tensordict
+
+    def _reset(self, tensordict: TensorDictBase, tensordict_reset: TensorDictBase) -> TensorDictBase:
+        reset_key = self.parent.reset_keys[0] if self.parent is not None else "_reset"
+        reset = _get_reset(reset_key, tensordict).reshape(*tensordict_reset.shape, 1)
+        device = tensordict_reset.device or reset.device
+        first = reset.to(device=device, dtype=torch.float32)
+        tensordict_reset.set(self.prev_action_key, torch.zeros(*tensordict_reset.shape, self.n_actions, device=device))
+        tensordict_reset.set(self.prev_reward_key, torch.zeros_like(first))
+        tensordict_reset.set(self.first_step_key, first)
+        return tensordict_reset
+
+    def transform_observation_spec(self, observation_spec):
+        shape, device = observation_spec.shape, observation_spec.device
+        observation_spec[self.prev_action_key] = Bounded(
+            0.0, 1.0, shape=(*shape, self.n_actions), dtype=torch.float32, device=device
+        )
+        observation_spec[self.prev_reward_key] = Unbounded(shape=(*shape, 1), dtype=torch.float32, device=device)
+        observation_spec[self.first_step_key] = Bounded(0.0, 1.0, shape=(*shape, 1), dtype=torch.float32, device=device)
+        return observation_spec
+
+    def forward(self, tensordict: TensorDictBase) -> TensorDictBase:
+        raise NotImplementedError(
+            "MetaRLInputs is an env transform: it reads the action of step t and the reward of step t+1, so it only "
+            "runs inside a TransformedEnv."
+        )

@@ -1,0 +1,375 @@
+"""RL³'s "RL inside": a count-based model of the current task, solved by value iteration after every step."""
+from __future__ import annotations
+
+import math
+
+import torch
+from tensordict import TensorDictBase
+from torchrl.data import Categorical, Unbounded
+from torchrl.envs import Transform
+from torchrl.envs.transforms.utils import _get_reset
+
+from rl3_torchrl._validation import check_choice, check_float, check_int
+from rl3_torchrl.transforms._spec_utils import action_index, discrete_action_size, get_key
+from rl3_torchrl.transforms.abstraction import StateAbstraction
+from rl3_torchrl.transforms.count_model import DenseCountModel, SparseCountModel
+
+#: The blocks of ``q_features``, in order: ``advantage`` (A values), ``value`` (1), ``count`` (A).
+Q_FEATURE_BLOCKS = ("advantage", "value", "count")
+BACKUPS = ("dense", "sparse")
+_DEFAULT_NEXT_STATE_KEY = "reached_state"
+_DEFAULT_TERMINAL_KEY = "inner_terminated"
+
+
+def q_feature_size(n_actions: int) -> int:
+    """The width of ``q_features``: ``2·A + 1``."""
+    return 2 * n_actions + 1
+
+
+def q_feature_slices(n_actions: int) -> dict[str, slice]:
+    """Where each block of :data:`Q_FEATURE_BLOCKS` sits in ``q_features``.
+
+    Examples:
+        >>> q_feature_slices(5)
+        {'advantage': slice(0, 5, None), 'value': slice(5, 6, None), 'count': slice(6, 11, None)}
+    """
+    A = n_actions
+    return {"advantage": slice(0, A), "value": slice(A, A + 1), "count": slice(A + 1, 2 * A + 1)}
+
+
+class OnlineQEstimator(Transform):
+    """Estimate the current task online and write the current state's action-value features.
+
+    Per batch row the transform keeps (in module buffers, sized at the first reset, never in the TensorDict) the
+    counts ``N(s, a)``, ``N(s, a, s')`` and mean rewards of the transitions seen in the current meta-episode, the
+    model ``P̂(s'|s, a) = (N(s, a, s') + α) / (N(s, a) + α·|S_known|)`` (unseen pairs: uniform over the known states,
+    reward 0; states observed as terminal: absorbing, reward 0), and its action-values ``Q`` from value
+    iteration with discount ``γ`` after every step. It records the *true* transition of step ``t``: ``s`` =
+    ``state_key`` of the root, ``a`` = ``action_key``, ``r``, ``s'`` = ``next_state_key`` and the terminal flag in
+    ``"next"`` (the state reached before an inner-episode restart), and then writes the features of the state the
+    policy sees next. Only a meta-episode reset (``_reset`` mask) clears a row's model; inner-episode restarts keep it.
+
+    ``q_features`` (float ``[*B, 2A+1]``, see :data:`Q_FEATURE_BLOCKS` and :func:`q_feature_slices`) is
+    ``[(Q(s, ·) − V(s)) / scale, V(s) / scale, N(s, ·) / scale]`` with ``V(s) = max_a Q(s, a)``; with
+    ``write_q_values`` the raw ``Q(s, ·)`` (``[*B, A]``) is written too.
+
+    Two model representations (``backup``):
+
+    - ``"dense"``: every state is known from the start (``|S_known| = n_states``); ``γ·P̂`` is dense
+      ``[B, S, A, S]`` and updated one ``(s, a)`` row per step. Best for small ``S`` (random MDPs).
+    - ``"sparse"``: states get ids in order of discovery (``|S_known|`` grows), each row keeps the list of distinct
+      transitions it has seen and the smoothing mass is handled analytically, so a sweep costs
+      ``O(edges + S·A)``. Required for gridworlds; optionally on a coarse :class:`~rl3_torchrl.transforms.StateAbstraction` (the model and value
+      iteration run on groups of states, the counts in the features stay per state).
+
+    Named presets (:meth:`from_preset`, the paper's settings): ``"random_mdp"`` (dense, α = 0.1, 10 sweeps from
+    zero), ``"gridworld"`` (sparse, α = 0.01, warm-started until ``max |ΔQ| < 0.1``) and ``"gridworld_coarse"``
+    (the same on the coarse abstraction).
+
+    Keyword Args:
+        backup (str): ``"dense"`` or ``"sparse"``.
+        gamma (float): the discount of the inner value iteration, in ``[0, 1]`` (default 0.95).
+        laplace (float): ``α > 0``, the smoothing count (default 0.1).
+        max_sweeps (int): the most value-iteration sweeps per step (default 10).
+        tol (float or None): stop a row once a sweep changes its ``Q`` by less than ``tol`` (default 0.01).
+        check_every (int): sweeps between convergence checks (one host sync each; default 10).
+        warm_start (bool): start each step's value iteration from the previous ``Q`` rather than from zero.
+        feature_scale (float): the divisor of every feature (default 10).
+        write_q_values (bool): also write the raw ``Q(s, ·)`` under ``q_values_key``.
+        exploration_bonus (float): ``β ≥ 0``; adds ``β / sqrt(max(N(s, a), 1))`` to the estimated rewards (MBIE-EB),
+            for optimistic tabular baselines (default 0: the plain certainty-equivalent estimate).
+        abstraction (StateAbstraction, optional): a coarse abstraction (``"sparse"`` only).
+        abstraction_radius (float or "auto", optional): build a :meth:`StateAbstraction.grid` abstraction for a
+            square grid whose states are ``row·N + col``; ``"auto"`` takes the paper's radius for ``N``.
+        n_states (int, optional): the number of states; default: the ``n`` of the ``Categorical`` state spec.
+        dtype (torch.dtype): the float dtype of the model (default float32; the features are float32).
+        device: where the model lives; default: the device of the data at the first reset.
+        validate (bool): check that state indices are in range (one host sync per step).
+        state_key, action_key, reward_key (NestedKey): the inputs (``"state"``, ``"action"``, ``"reward"``).
+        next_state_key (NestedKey, optional): the state reached by the transition; default ``"reached_state"``
+            when the env writes it, else ``state_key`` of ``"next"``.
+        terminal_key (NestedKey, optional): the flag of a transition into a terminal state; default
+            ``"inner_terminated"`` when the env writes it, else no state is terminal.
+        q_features_key, q_values_key (NestedKey): the outputs (``"q_features"``, ``"q_values"``).
+
+    Examples:
+        >>> from torchrl.envs import TransformedEnv
+        >>> from rl3_torchrl.envs import RandomMDPEnv
+        >>> env = TransformedEnv(RandomMDPEnv(num_envs=8, horizon=50, seed=0),
+        ...                      OnlineQEstimator.from_preset("random_mdp", write_q_values=True))
+        >>> rollout = env.rollout(50)
+        >>> rollout["next", "q_features"].shape
+        torch.Size([8, 50, 11])
+        >>> counts = rollout["next", "q_features"][..., 6:] * 10     # N(s, ·) of the current state
+        >>> bool((counts.sum(-1) <= torch.arange(1, 51)).all())
+        True
+    """
+
+    PRESETS = {
+        "random_mdp": dict(backup="dense", laplace=0.1, max_sweeps=10, tol=0.01, check_every=10, warm_start=False),
+        "gridworld": dict(backup="sparse", laplace=0.01, max_sweeps=2000, tol=0.1, check_every=4, warm_start=True),
+        "gridworld_coarse": dict(
+            backup="sparse",
+            laplace=0.01,
+            max_sweeps=2000,
+            tol=0.1,
+            check_every=4,
+            warm_start=True,
+            abstraction_radius="auto",
+        ),
+    }
+
+    def __init__(
+        self,
+        *,
+        backup: str = "dense",
+        gamma: float = 0.95,
+        laplace: float = 0.1,
+        max_sweeps: int = 10,
+        tol: float | None = 0.01,
+        check_every: int = 10,
+        warm_start: bool = False,
+        feature_scale: float = 10.0,
+        write_q_values: bool = False,
+        exploration_bonus: float = 0.0,
+        abstraction: StateAbstraction | None = None,
+        abstraction_radius: float | str | None = None,
+        n_states: int | None = None,
+        dtype: torch.dtype = torch.float32,
+        device=None,
+        validate: bool = True,
+        state_key="state",
+        action_key="action",
+        reward_key="reward",
+        next_state_key=None,
+        terminal_key=None,
+        q_features_key="q_features",
+        q_values_key="q_values",
+    ):
+        self.backup = check_choice("backup", backup, BACKUPS)
+        self.gamma = check_float("gamma", gamma, low=0.0, high=1.0)
+        self.laplace = check_float("laplace", laplace, low=0.0, low_inclusive=False)
+        self.max_sweeps = check_int("max_sweeps", max_sweeps, low=1)
+        self.tol = None if tol is None else check_float("tol", tol, low=0.0, low_inclusive=False)
+        self.check_every = check_int("check_every", check_every, low=1)
+        self.warm_start = bool(warm_start)
+        self.feature_scale = check_float("feature_scale", feature_scale, low=0.0, low_inclusive=False)
+        self.write_q_values = bool(write_q_values)
+        self.exploration_bonus = check_float("exploration_bonus", exploration_bonus, low=0.0)
+        self.n_states = None if n_states is None else check_int("n_states", n_states, low=1)
+        if dtype not in (torch.float16, torch.bfloat16, torch.float32, torch.float64):
+            raise ValueError(f"dtype={dtype!r} is not allowed; use a float dtype such as torch.float32.")
+        self.dtype = dtype
+        self.model_device = None if device is None else torch.device(device)
+        self.validate = bool(validate)
+        if abstraction is not None and abstraction_radius is not None:
+            raise ValueError("pass either abstraction= or abstraction_radius=, not both.")
+        if abstraction is not None and not isinstance(abstraction, StateAbstraction):
+            raise TypeError(f"abstraction must be a StateAbstraction, got {type(abstraction).__name__}.")
+        if abstraction_radius is not None and abstraction_radius != "auto":
+            abstraction_radius = check_float("abstraction_radius", abstraction_radius, low=0.0)
+        if (abstraction is not None or abstraction_radius is not None) and self.backup != "sparse":
+            raise ValueError(f"a state abstraction needs backup='sparse' (states discovered online), got {backup!r}.")
+        self.abstraction, self.abstraction_radius = abstraction, abstraction_radius
+        self.state_key, self.action_key, self.reward_key = state_key, action_key, reward_key
+        self.next_state_key, self.terminal_key = next_state_key, terminal_key
+        self.q_features_key, self.q_values_key = q_features_key, q_values_key
+        out_keys = [q_features_key] + ([q_values_key] if self.write_q_values else [])
+        super().__init__(in_keys=[state_key], out_keys=out_keys)
+        self.model = None
+        self._config = None
+
+    @classmethod
+    def from_preset(cls, name: str, **overrides) -> "OnlineQEstimator":
+        """Build the estimator from a named preset of :attr:`PRESETS`; keyword arguments override it.
+
+        Examples:
+            >>> OnlineQEstimator.from_preset("gridworld").warm_start
+            True
+        """
+        check_choice("preset", name, cls.PRESETS)
+        return cls(**{**cls.PRESETS[name], **overrides})
+
+    # ------------------------------------------------------------------ configuration from the specs
+    def set_container(self, container) -> None:
+        self._config = None
+        return super().set_container(container)
+
+    def _configure(self, observation_spec) -> dict:
+        """Resolve the sizes and keys from the env specs (once), and build the model."""
+        if self._config is not None:
+            return self._config
+        keys = list(observation_spec.keys(True, True))
+        if self.state_key not in keys:
+            raise KeyError(
+                f"OnlineQEstimator: state_key={self.state_key!r} is not an observation of the env; available: "
+                f"{sorted(map(str, keys))}."
+            )
+        next_state_key = self.next_state_key
+        if next_state_key is None:
+            next_state_key = _DEFAULT_NEXT_STATE_KEY if _DEFAULT_NEXT_STATE_KEY in keys else self.state_key
+        terminal_key = self.terminal_key
+        if terminal_key is None and _DEFAULT_TERMINAL_KEY in keys:
+            terminal_key = _DEFAULT_TERMINAL_KEY
+        for argument, key in (("next_state_key", next_state_key), ("terminal_key", terminal_key)):
+            if key is not None and key not in keys:
+                raise KeyError(
+                    f"OnlineQEstimator: {argument}={key!r} is not an observation of the env; available: "
+                    f"{sorted(map(str, keys))}."
+                )
+        n_states = self.n_states
+        if n_states is None:
+            state_spec = observation_spec[self.state_key]
+            if not isinstance(state_spec, Categorical):
+                raise TypeError(
+                    f"OnlineQEstimator: cannot infer the number of states from the {type(state_spec).__name__} spec "
+                    f"of {self.state_key!r}; make it Categorical or pass n_states=."
+                )
+            n_states = int(state_spec.space.n)
+        if self.parent is None:
+            raise RuntimeError("OnlineQEstimator must be used inside a TransformedEnv (it reads the action spec).")
+        action_spec = self.parent.full_action_spec
+        if self.action_key not in action_spec.keys(True, True):
+            raise KeyError(
+                f"OnlineQEstimator: action_key={self.action_key!r} is not an action of the env; available: "
+                f"{sorted(str(k) for k in action_spec.keys(True, True))}."
+            )
+        n_actions, one_hot = discrete_action_size(action_spec[self.action_key], "OnlineQEstimator")
+        if self.model is None or (self.model.n_states, self.model.n_actions) != (n_states, n_actions):
+            self.model = self._make_model(n_states, n_actions)
+        self._config = dict(
+            n_states=n_states,
+            n_actions=n_actions,
+            one_hot=one_hot,
+            next_state_key=next_state_key,
+            terminal_key=terminal_key,
+        )
+        return self._config
+
+    def _make_model(self, n_states: int, n_actions: int):
+        common = dict(laplace=self.laplace, gamma=self.gamma, dtype=self.dtype)
+        if self.backup == "dense":
+            return DenseCountModel(n_states, n_actions, **common)
+        abstraction = self.abstraction
+        if self.abstraction_radius is not None:
+            side = math.isqrt(n_states)
+            if side * side != n_states:
+                raise ValueError(
+                    f"abstraction_radius needs a square grid (n_states = N²), got n_states={n_states}; build a "
+                    f"StateAbstraction(coordinates, radius) and pass abstraction= instead."
+                )
+            radius = None if self.abstraction_radius == "auto" else self.abstraction_radius
+            abstraction = StateAbstraction.grid(side, radius)
+        if abstraction is not None and abstraction.n_states != n_states:
+            raise ValueError(
+                f"the abstraction covers {abstraction.n_states} states but the env has n_states={n_states}."
+            )
+        return SparseCountModel(n_states, n_actions, abstraction=abstraction, **common)
+
+    def transform_observation_spec(self, observation_spec):
+        config = self._configure(observation_spec)
+        shape, device = observation_spec.shape, observation_spec.device
+        A = config["n_actions"]
+        observation_spec[self.q_features_key] = Unbounded(
+            shape=(*shape, q_feature_size(A)), dtype=torch.float32, device=device
+        )
+        if self.write_q_values:
+            observation_spec[self.q_values_key] = Unbounded(shape=(*shape, A), dtype=torch.float32, device=device)
+        return observation_spec
+
+    # ------------------------------------------------------------------ torchrl hooks
+    def _reset(self, tensordict: TensorDictBase, tensordict_reset: TensorDictBase) -> TensorDictBase:
+        config = self._configure(self.parent.full_observation_spec)
+        state = self._states(tensordict_reset, self.state_key, "state_key", config)
+        device = self.model_device or state.device
+        reset_key = self.parent.reset_keys[0]
+        reset = _get_reset(reset_key, tensordict).reshape(-1).to(device)
+        if self.model.rows != state.shape[0] or self.model.q.device != device:
+            if not bool(reset.all()):
+                raise RuntimeError(
+                    f"OnlineQEstimator holds {self.model.rows} rows but got a partial reset of "
+                    f"{state.shape[0]} rows; the first reset of a new batch shape must reset every row."
+                )
+            self.model.allocate(state.shape[0], device)
+            self.model.to(device)
+        else:
+            self.model.clear(reset)
+        self.model.discover(state.to(device))
+        return self._write(tensordict_reset, state.to(device))
+
+    def _step(self, tensordict: TensorDictBase, next_tensordict: TensorDictBase) -> TensorDictBase:
+        config = self._config
+        device = self.model.q.device
+        state = self._states(tensordict, self.state_key, "state_key", config, check=False).to(device)
+        action = get_key(tensordict, self.action_key, "action_key", "OnlineQEstimator")
+        action = action_index(action, config["one_hot"]).reshape(-1).to(device)
+        reward = get_key(next_tensordict, self.reward_key, "reward_key", "OnlineQEstimator").reshape(-1).to(device)
+        reached = self._states(next_tensordict, config["next_state_key"], "next_state_key", config).to(device)
+        current = self._states(next_tensordict, self.state_key, "state_key", config).to(device)
+        if config["terminal_key"] is None:
+            terminal = torch.zeros_like(reached, dtype=torch.bool)
+        else:
+            terminal = get_key(next_tensordict, config["terminal_key"], "terminal_key", "OnlineQEstimator")
+            terminal = terminal.reshape(-1).to(device=device, dtype=torch.bool)
+        model = self.model
+        model.record(state, action, reward, reached, terminal)
+        model.discover(current)
+        model.solve(
+            max_sweeps=self.max_sweeps,
+            tol=self.tol,
+            check_every=self.check_every,
+            warm_start=self.warm_start,
+            bonus=self.exploration_bonus,
+        )
+        return self._write(next_tensordict, current)
+
+    def _states(self, tensordict, key, argument, config, check=True) -> torch.Tensor:
+        states = get_key(tensordict, key, argument, "OnlineQEstimator").reshape(-1)
+        if self.validate and check:
+            low, high = torch.stack([states.min(), states.max()]).tolist()
+            if low < 0 or high >= config["n_states"]:
+                bad = states[(states < 0) | (states >= config["n_states"])][:5].tolist()
+                raise ValueError(
+                    f"OnlineQEstimator: {argument}={key!r} holds state indices {bad} out of range; allowed: "
+                    f"[0, {config['n_states'] - 1}] (n_states={config['n_states']})."
+                )
+        return states
+
+    def _write(self, tensordict: TensorDictBase, states: torch.Tensor) -> TensorDictBase:
+        q = self.model.state_values(states)
+        value = q.amax(-1, keepdim=True)
+        features = torch.cat([q - value, value, self.model.state_counts(states)], -1) / self.feature_scale
+        shape, device = tensordict.shape, tensordict.device
+        tensordict.set(self.q_features_key, features.to(device=device, dtype=torch.float32).reshape(*shape, -1))
+        if self.write_q_values:
+            tensordict.set(self.q_values_key, q.to(device=device, dtype=torch.float32).reshape(*shape, -1))
+        return tensordict
+
+    def value_map(self) -> torch.Tensor:
+        """The current estimate ``V(s) = max_a Q(s, a)`` of every env state, float ``[rows, n_states]`` (NaN for
+        states not seen yet in a discovery-order model), e.g. to draw RL³'s value estimates on a grid.
+
+        Examples:
+            >>> from torchrl.envs import TransformedEnv
+            >>> from rl3_torchrl.envs import RandomMDPEnv
+            >>> env = TransformedEnv(RandomMDPEnv(num_envs=2, horizon=20), OnlineQEstimator())
+            >>> _ = env.rollout(20)
+            >>> env.transform.value_map().shape
+            torch.Size([2, 10])
+        """
+        if self.model is None or self.model.rows is None:
+            raise RuntimeError("OnlineQEstimator.value_map() is only available after the first reset.")
+        return self.model.value_table()
+
+    @property
+    def sweeps(self) -> torch.Tensor:
+        """The value-iteration sweeps of the last step, per row (int64 ``[rows]``), e.g. for profiling."""
+        if self.model is None or self.model.rows is None:
+            raise RuntimeError("OnlineQEstimator.sweeps is only available after the first reset.")
+        return self.model.sweeps
+
+    def forward(self, tensordict: TensorDictBase) -> TensorDictBase:
+        raise NotImplementedError(
+            "OnlineQEstimator is a stateful env transform (it accumulates a model along the meta-episode); use it "
+            "inside a TransformedEnv, not on stored data."
+        )

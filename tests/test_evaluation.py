@@ -1,0 +1,102 @@
+"""Evaluation against exact values: the oracle's normalised return is 1, the random policy's return is its exact
+expectation, standard errors and inner-episode curves are right, baselines run on the same tasks."""
+import math
+
+import pytest
+import torch
+
+from rl3_torchrl.envs import random_policy_return
+from rl3_torchrl.evaluation import (
+    BASELINES,
+    evaluate,
+    evaluate_baseline,
+    inner_episode_returns,
+    mean_and_stderr,
+)
+from rl3_torchrl.modules.tabular import OraclePolicy, QGreedyPolicy, RandomPolicy
+from rl3_torchrl.tasks import make_meta_env
+
+
+@pytest.mark.parametrize("task, horizon", [("random_mdp", 30), ("bandit", 20), ("gridworld_11x11", 40)])
+def test_oracle_policy_attains_the_oracle_return(task, horizon):
+    result = evaluate_baseline("oracle", task, horizon=horizon, num_tasks=120, batch_size=60)
+    # E[return / oracle] = 1 exactly for the optimal policy; allow 4 standard errors
+    assert abs(result["normalized_mean"] - 1) < 4 * result["normalized_stderr"] + 1e-9
+
+
+def test_random_policy_return_matches_its_exact_expectation():
+    horizon, n = 30, 400
+    result = evaluate_baseline("random", "random_mdp", horizon=horizon, num_tasks=n, batch_size=200, seed=5)
+    env = make_meta_env("random_mdp", "rl2", 200, horizon=horizon, seed=5, split="test")
+    exact = []
+    for _ in range(2):  # the same two chunks of test tasks
+        env.reset()
+        exact.append(random_policy_return(env.base_env))
+    exact = torch.cat(exact).mean().item()
+    assert abs(result["return_mean"] - exact) < 4 * result["return_stderr"]
+
+
+def test_methods_see_the_same_tasks():
+    a = evaluate_baseline("oracle", "random_mdp", horizon=10, num_tasks=20, seed=3)
+    b = evaluate_baseline("random", "random_mdp", horizon=10, num_tasks=20, seed=3)
+    c = evaluate_baseline("random", "random_mdp", horizon=10, num_tasks=20, seed=4)
+    assert a["oracle_mean"] == b["oracle_mean"] != c["oracle_mean"]
+
+
+def test_tabular_baselines_beat_random_on_random_mdps():
+    kwargs = dict(horizon=100, num_tasks=100, batch_size=100)
+    random = evaluate_baseline("random", "random_mdp", **kwargs)
+    for name in ("greedy_q", "eps_greedy_q", "mbie_eb"):
+        result = evaluate_baseline(name, "random_mdp", **kwargs)
+        assert result["return_mean"] > random["return_mean"] + 3 * random["return_stderr"], name
+        assert result["normalized_mean"] < 1.0
+
+
+def test_mean_and_stderr_on_a_synthetic_case():
+    torch.manual_seed(0)
+    values = torch.randn(20000) * 3 + 1
+    mean, stderr = mean_and_stderr(values)
+    assert stderr == pytest.approx(3 / math.sqrt(20000), rel=0.03)
+    assert abs(mean - 1) < 4 * stderr
+    # the standard error is the spread of the mean over repeated experiments
+    means = torch.stack([torch.randn(100).mul(3).mean() for _ in range(2000)])
+    assert means.std().item() == pytest.approx(3 / 10, rel=0.05)
+    assert mean_and_stderr(torch.tensor([2.0])) == (2.0, 0.0)
+    with pytest.raises(ValueError):
+        mean_and_stderr(torch.tensor([]))
+
+
+def test_inner_episode_returns_by_hand():
+    rewards = torch.tensor([[1.0, 2.0, 3.0, 4.0, 5.0], [1.0, 1.0, 1.0, 1.0, 1.0]])
+    done = torch.tensor([[True, False, True, False, False], [False, False, False, False, True]])
+    out = inner_episode_returns(rewards, done, 3)
+    assert torch.equal(out[0], torch.tensor([1.0, 5.0, 9.0]))
+    assert out[1, 0] == 5 and out[1, 1:].isnan().all()
+    # episodes beyond the last column are dropped, not folded into it
+    assert torch.equal(inner_episode_returns(rewards, done, 1)[:, 0], torch.tensor([1.0, 5.0]))
+
+
+def test_evaluate_reports_inner_episode_curves():
+    result = evaluate(lambda env: RandomPolicy(5, seed=0), "random_mdp", horizon=30, num_tasks=10, max_inner_episodes=5)
+    curve = result["inner_episode_returns"]
+    assert len(curve) == 5 and all(math.isnan(c) for c in curve[3:])  # 3 inner episodes of 10 steps
+    assert sum(curve[:3]) == pytest.approx(result["return_mean"], rel=1e-5)
+
+
+def test_bad_input():
+    with pytest.raises(ValueError, match="method='nope'"):
+        evaluate_baseline("nope", "random_mdp")
+    with pytest.raises(ValueError, match="task='nope'"):
+        evaluate_baseline("random", "nope")
+    with pytest.raises(ValueError, match="num_tasks=0"):
+        evaluate_baseline("random", "random_mdp", num_tasks=0)
+    with pytest.raises(ValueError, match="epsilon=1.5"):
+        QGreedyPolicy(1.5)
+    assert set(BASELINES) >= {"random", "oracle", "greedy_q"}
+
+
+def test_oracle_policy_needs_its_tasks_time_and_state():
+    env = make_meta_env("random_mdp", "rl2", 2, horizon=4)
+    td = env.reset()
+    policy = OraclePolicy.from_env(env)
+    assert policy(td)["action"].shape == (2,)

@@ -1,0 +1,151 @@
+"""The PPO recipe end to end: every algo × env, logs/plots/checkpoints, kill-and-resume, bad input."""
+import importlib.util
+from pathlib import Path
+
+import pytest
+import torch
+
+from rl3_torchrl.checkpoint import CheckpointError
+from rl3_torchrl.training import Trainer, load_actor, load_config
+
+TINY = [
+    "horizon=6",
+    "num_envs=2",
+    "iterations=2",
+    "ppo.epochs=2",
+    "ppo.minibatch_episodes=1",
+    "model.hidden_sizes=[8]",
+    "model.d_model=8",
+    "model.num_heads=2",
+    "model.num_layers=1",
+    "model.ffn_dim=8",
+    "eval.every=2",
+    "eval.num_tasks=2",
+    "checkpoint.every=1",
+    "progress=false",
+]
+
+RECIPE = Path(__file__).parents[1] / "recipes" / "ppo_rl3.py"
+
+
+def _recipe():
+    spec = importlib.util.spec_from_file_location("ppo_rl3", RECIPE)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize(
+    "algo, env",
+    [
+        (algo, env)
+        for algo in ("rl2", "rl3")
+        for env in ("random_mdp", "bandit", "gridworld_11x11", "gridworld_13x13")
+    ]
+    + [("rl3_coarse", "gridworld_11x11"), ("rl3_coarse", "gridworld_13x13")],
+)
+def test_recipe_runs_every_algo_and_env(tmp_path, algo, env):
+    history = _recipe().main([*TINY, f"algo={algo}", f"env={env}", f"output_dir={tmp_path}"])
+    assert len(history) == 2
+    last = history[-1]
+    for key in ("loss_objective", "loss_critic", "entropy", "kl_approx", "return", "eval_normalized_return"):
+        assert torch.isfinite(torch.tensor(last[key])), key
+    assert (tmp_path / "checkpoint.pt").is_file()
+    assert (tmp_path / "training_curves.png").stat().st_size > 0
+    scalars = tmp_path / "logs" / f"{env}_{algo}" / "scalars"
+    for name in ("return", "loss_critic", "time_collection", "time_q_estimation", "time_update", "eval_return"):
+        assert (scalars / f"{name}.csv").is_file(), name
+    rows = (scalars / "return.csv").read_text().splitlines()
+    assert [int(r.split(",")[0]) for r in rows] == [1, 2]
+
+
+def _config(tmp_path, *extra):
+    return load_config([*TINY, "iterations=4", "checkpoint.every=2", f"output_dir={tmp_path}", *extra])
+
+
+def test_kill_and_resume_reproduces_the_uninterrupted_run(tmp_path, monkeypatch):
+    full = Trainer(_config(tmp_path / "full")).train()
+
+    # a run killed during its 4th iteration: iterations 1-3 logged, the checkpoint is the one of iteration 2
+    update = Trainer.update
+
+    def dying_update(self, data):
+        if self.iteration == 3:
+            raise KeyboardInterrupt("killed")
+        return update(self, data)
+
+    monkeypatch.setattr(Trainer, "update", dying_update)
+    with pytest.raises(KeyboardInterrupt):
+        Trainer(_config(tmp_path / "killed")).train()
+    monkeypatch.setattr(Trainer, "update", update)
+    resumed = Trainer(_config(tmp_path / "killed", "checkpoint.resume=true")).train()
+
+    assert len(resumed) == 2
+    for a, b in zip(full[2:], resumed):
+        for key in ("loss_objective", "loss_critic", "loss_entropy", "kl_approx", "return", "eval_return"):
+            assert a.get(key) == b.get(key), key
+        assert a.keys() == b.keys()
+    for name in ("return", "loss_critic", "kl_approx"):
+        logs = [(tmp_path / d / "logs" / "random_mdp_rl3" / "scalars" / f"{name}.csv").read_text() for d in ("full", "killed")]
+        assert logs[0] == logs[1], name  # every iteration logged exactly once
+
+
+def test_checkpoint_errors(tmp_path):
+    cfg = _config(tmp_path, "iterations=1")
+    Trainer(cfg).train()
+    with pytest.raises(FileExistsError, match="checkpoint.resume=true"):
+        Trainer(cfg)
+    with pytest.raises(CheckpointError, match="algo: checkpoint 'rl3' vs run 'rl2'"):
+        Trainer(_config(tmp_path, "iterations=2", "algo=rl2", "checkpoint.resume=true")).train()
+    (tmp_path / "checkpoint.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(CheckpointError, match="corrupt"):
+        Trainer(_config(tmp_path, "iterations=2", "checkpoint.resume=true")).train()
+    with pytest.raises(CheckpointError, match="no checkpoint"):
+        Trainer(_config(tmp_path / "empty", "checkpoint.resume=true")).train()
+
+
+def test_resume_after_the_last_iteration_does_nothing(tmp_path):
+    Trainer(_config(tmp_path, "iterations=1", "eval.every=0")).train()
+    assert Trainer(_config(tmp_path, "iterations=1", "eval.every=0", "checkpoint.resume=true")).train() == []
+
+
+def test_same_seed_same_losses(tmp_path):
+    a = Trainer(_config(tmp_path / "a", "iterations=2", "eval.every=0")).train()
+    b = Trainer(_config(tmp_path / "b", "iterations=2", "eval.every=0")).train()
+    assert [r["loss_objective"] for r in a] == [r["loss_objective"] for r in b]
+    c = Trainer(_config(tmp_path / "c", "iterations=2", "eval.every=0", "seed=1")).train()
+    assert [r["loss_objective"] for r in a] != [r["loss_objective"] for r in c]
+
+
+@pytest.mark.parametrize(
+    "override, match",
+    [
+        ("algo=rl4", "algo='rl4'"),
+        ("env=atari", "env='atari'"),
+        ("ppo.entropy_schedule=cosine", "entropy_schedule='cosine'"),
+        ("ppo.minibatch_episodes=5", "minibatch_episodes=5 exceeds num_envs=2"),
+        ("config=nope", "config='nope'"),
+        ("ppo.nope=1", "bad override"),
+        ("num_envs", "key=value"),
+    ],
+)
+def test_bad_config(override, match):
+    with pytest.raises(ValueError, match=match):
+        load_config([*TINY, override])
+
+
+def test_rl3_coarse_needs_a_gridworld(tmp_path):
+    with pytest.raises(ValueError, match="rl3_coarse.*gridworld"):
+        Trainer(_config(tmp_path, "algo=rl3_coarse"))
+
+
+def test_loaded_actor_rejects_a_longer_horizon(tmp_path):
+    from rl3_torchrl.evaluation import evaluate_actor
+
+    Trainer(_config(tmp_path, "iterations=1", "eval.every=0")).train()
+    actor, cfg = load_actor(tmp_path / "checkpoint.pt")
+    assert cfg.algo == "rl3"
+    result = evaluate_actor(actor, "random_mdp", "rl3", horizon=6, num_tasks=2)
+    assert result["num_tasks"] == 2
+    with pytest.raises(ValueError, match="max_len"):
+        evaluate_actor(actor, "random_mdp", "rl3", horizon=8, num_tasks=2)  # 8 positions > max_len = 6 + 1

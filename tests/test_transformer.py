@@ -1,0 +1,200 @@
+"""CausalTransformer / TransformerModule: step path (KV cache) vs window path, resets, cache lifecycle."""
+import copy
+import pickle
+
+import pytest
+import torch
+from hypothesis import given, settings, strategies as st
+from tensordict import TensorDict
+from torchrl.modules import set_recurrent_mode
+
+from rl3_torchrl.modules import CausalTransformer, TransformerModule
+
+F_IN = 5
+SMALL = dict(hidden_sizes=(16,), d_model=8, num_heads=2, ffn_dim=16)
+
+
+def make_module(max_len=32, seed=0, num_layers=2):
+    torch.manual_seed(seed)
+    backbone = CausalTransformer(F_IN, max_len=max_len, num_layers=num_layers, **SMALL)
+    head = torch.nn.Sequential(torch.nn.ReLU(), torch.nn.Linear(8, 3))
+    return TransformerModule(backbone, head, in_keys=["a", "b"], out_keys=["out"])
+
+
+def make_data(n, t, is_init, seed=1):
+    g = torch.Generator().manual_seed(seed)
+    return TensorDict(
+        {"a": torch.randn(n, t, 2, generator=g), "b": torch.randn(n, t, 3, generator=g), "is_init": is_init},
+        batch_size=[n, t],
+    )
+
+
+def step_through(module, data, start=0, stop=None):
+    stop = data.shape[1] if stop is None else stop
+    return torch.stack([module(data[:, t].clone())["out"] for t in range(start, stop)], 1)
+
+
+def window(module, data):
+    with set_recurrent_mode(True):
+        return module(data.clone())["out"]
+
+
+def staggered_is_init(n, t, period_by_row):
+    """Row i starts a new meta-episode every period_by_row[i] steps, offset by i."""
+    steps = torch.arange(t)
+    rows = [((steps + i) % p == 0) | (steps == 0) for i, p in enumerate(period_by_row)]
+    return torch.stack(rows).unsqueeze(-1)
+
+
+@settings(max_examples=15, deadline=None)
+@given(
+    n=st.integers(1, 4),
+    t=st.integers(1, 20),
+    seed=st.integers(0, 10_000),
+    num_layers=st.integers(0, 2),
+    p_reset=st.sampled_from([0.0, 0.1, 0.3]),
+)
+def test_step_matches_window_with_random_resets(n, t, seed, num_layers, p_reset):
+    g = torch.Generator().manual_seed(seed)
+    is_init = torch.rand(n, t, 1, generator=g) < p_reset
+    is_init[:, 0] = True
+    module = make_module(num_layers=num_layers, seed=seed)
+    data = make_data(n, t, is_init, seed=seed)
+    torch.testing.assert_close(step_through(module, data), window(module, data), atol=1e-5, rtol=1e-5)
+
+
+def test_staggered_resets_and_positions_restart():
+    n, t = 4, 24
+    is_init = staggered_is_init(n, t, [24, 5, 7, 11])
+    module = make_module()
+    data = make_data(n, t, is_init)
+    steps = step_through(module, data)
+    torch.testing.assert_close(steps, window(module, data), atol=1e-5, rtol=1e-5)
+    # row 1 restarts at t=4: from there it equals a fresh sequence started at t=4 (position 0, no leakage)
+    sub = data[1:2, 4:9].clone()
+    torch.testing.assert_close(steps[1:2, 4:9], window(module, sub), atol=1e-5, rtol=1e-5)
+    # and the first steps differ from the output without the restart (the reset has an effect)
+    no_reset = data.clone()
+    no_reset["is_init"][:, 1:] = False
+    assert not torch.allclose(window(module, no_reset)[1, 4:], steps[1, 4:], atol=1e-4)
+
+
+def test_step_after_parameter_update_equals_window_with_new_weights():
+    n, t, split = 3, 16, 9
+    is_init = staggered_is_init(n, t, [16, 6, 4])
+    module = make_module()
+    data = make_data(n, t, is_init)
+    before = step_through(module, data, 0, split)
+    torch.testing.assert_close(before, window(module, data)[:, :split], atol=1e-5, rtol=1e-5)
+    optim = torch.optim.Adam(module.parameters(), lr=0.05)
+    window(module, data).pow(2).mean().backward()
+    optim.step()
+    after = step_through(module, data, split)
+    new_window = window(module, data)
+    assert not torch.allclose(new_window[:, :split], before, atol=1e-3)  # the weights did change
+    torch.testing.assert_close(after, new_window[:, split:], atol=1e-5, rtol=1e-5)
+    # load_state_dict (copy_ into the parameters) is detected as well
+    module.load_state_dict(make_module(seed=3).state_dict())
+    module.reset_cache()
+    first = step_through(module, data, 0, 5)
+    module.load_state_dict(make_module(seed=4).state_dict())
+    rest = step_through(module, data, 5)
+    torch.testing.assert_close(rest, window(module, data)[:, 5:], atol=1e-5, rtol=1e-5)
+    assert first.shape == (n, 5, 3)
+
+
+@pytest.mark.parametrize("exact_bound", [True, False])
+def test_cache_is_preallocated_and_attends_over_a_bounded_prefix(exact_bound):
+    module = make_module(max_len=8)
+    n, t = 2, 30
+    is_init = staggered_is_init(n, t, [6, 7])
+    data = make_data(n, t, is_init)
+    module(data[:, 0].clone())
+    cache = module._cache
+    cache.exact_bound = exact_bound  # False: the sync-free bookkeeping used on accelerators
+    keys_ptr = cache.keys[0].data_ptr()
+    outputs = []
+    for i in range(1, t):  # 30 calls > max_len: the bound is re-synced and never exceeds max_len
+        outputs.append(module(data[:, i].clone())["out"])
+        assert module._cache is cache and cache.keys[0].data_ptr() == keys_ptr and cache.keys[0].shape[2] == 8
+        assert int(cache.length.max()) <= cache.bound <= 8
+        if exact_bound:
+            assert cache.bound == int(cache.length.max())
+    module.reset_cache()
+    torch.testing.assert_close(step_through(module, data)[:, 1:], torch.stack(outputs, 1), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(torch.stack(outputs, 1), window(module, data)[:, 1:], atol=1e-5, rtol=1e-5)
+
+
+def test_cache_rebuilt_on_new_batch_shape_and_reset_cache():
+    module = make_module()
+    data = make_data(3, 4, torch.zeros(3, 4, 1, dtype=torch.bool))
+    step_through(module, data)  # no is_init at all: a fresh cache starts every row at position 0
+    torch.testing.assert_close(step_through(make_module(), data), window(module, data), atol=1e-5, rtol=1e-5)
+    other = make_data(5, 4, torch.zeros(5, 4, 1, dtype=torch.bool))
+    torch.testing.assert_close(step_through(module, other), window(module, other), atol=1e-5, rtol=1e-5)
+    assert module._cache.tokens.shape[0] == 5
+    module.reset_cache()
+    torch.testing.assert_close(step_through(module, other), window(module, other), atol=1e-5, rtol=1e-5)
+
+
+def test_cache_excluded_from_pickle_deepcopy_and_state_dict():
+    module = make_module(max_len=512)
+    size_empty = len(pickle.dumps(module))
+    data = make_data(8, 20, torch.zeros(8, 20, 1, dtype=torch.bool))
+    expected = step_through(module, data, 0, 10)
+    assert module._cache is not None
+    assert len(pickle.dumps(module)) == size_empty
+    assert copy.deepcopy(module)._cache is None
+    assert module._cache is not None  # the original keeps its streams
+    assert set(module.state_dict()) == set(make_module().state_dict())
+    clone = pickle.loads(pickle.dumps(module))
+    torch.testing.assert_close(step_through(clone, data, 0, 10), expected)
+
+
+def test_too_long_context_raises_naming_max_len():
+    module = make_module(max_len=6)
+    long = make_data(2, 7, torch.zeros(2, 7, 1, dtype=torch.bool))
+    with pytest.raises(ValueError, match=r"max_len=6.*H \+ 1"):
+        window(module, long)
+    with pytest.raises(ValueError, match=r"max_len=6.*H \+ 1"):
+        step_through(module, long)
+    # a 7-step window made of two meta-episodes fits
+    packed = long.clone()
+    packed["is_init"][:, 3] = True
+    torch.testing.assert_close(step_through(make_module(max_len=6), packed), window(module, packed),
+                               atol=1e-5, rtol=1e-5)
+
+
+def test_argument_errors():
+    with pytest.raises(ValueError, match="d_model=10, num_heads=4"):
+        CausalTransformer(3, max_len=4, d_model=10)
+    with pytest.raises(ValueError, match="max_len=0"):
+        CausalTransformer(3, max_len=0)
+    backbone = CausalTransformer(F_IN, max_len=4, **SMALL)
+    with pytest.raises(ValueError, match="one head per out key"):
+        TransformerModule(backbone, [torch.nn.Linear(8, 1)], in_keys=["a"], out_keys=["x", "y"])
+    module = TransformerModule(backbone, torch.nn.Linear(8, 1), in_keys=["a", "b"], out_keys=["x"])
+    data = make_data(2, 3, torch.zeros(2, 3, 1, dtype=torch.bool)).exclude("is_init")
+    with pytest.raises(KeyError, match="InitTracker"):
+        module(data[:, 0])
+    with pytest.raises(ValueError, match="in_features"):
+        backbone(torch.zeros(2, 3, 4))
+
+
+def test_window_path_backpropagates_to_every_parameter():
+    module = make_module()
+    is_init = staggered_is_init(3, 10, [10, 4, 3])
+    window(module, make_data(3, 10, is_init)).sum().backward()
+    for name, p in module.named_parameters():
+        assert p.grad is not None and p.grad.abs().sum() > 0, name
+
+
+def test_default_recurrent_mode_and_context_override():
+    backbone = CausalTransformer(F_IN, max_len=8, **SMALL)
+    module = TransformerModule(backbone, torch.nn.Linear(8, 1), in_keys=["a", "b"], out_keys=["x"],
+                               default_recurrent_mode=True)
+    data = make_data(2, 5, torch.zeros(2, 5, 1, dtype=torch.bool))
+    assert module.recurrent_mode and module(data.clone())["x"].shape == (2, 5, 1)
+    with set_recurrent_mode(False):
+        assert not module.recurrent_mode
+        assert module(data[:, 0].clone())["x"].shape == (2, 1)
