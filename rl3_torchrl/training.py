@@ -3,7 +3,8 @@
 One iteration collects one meta-episode per env with a :class:`~torchrl.collectors.Collector` (the actor's step
 path, KV cache inside the module), computes values with the critic's window path and advantages with
 :class:`~torchrl.objectives.value.GAE`, then runs :class:`~torchrl.objectives.ClipPPOLoss` for several epochs on
-minibatches of whole meta-episodes. As in the paper, the actor stops updating for the rest of an iteration once
+minibatches of whole meta-episodes. Collection runs in this process, in several worker processes or on a Ray
+cluster (``collector.*`` keys, :mod:`rl3_torchrl.collectors`); the batch is always ``[num_envs, H]``. As in the paper, the actor stops updating for the rest of an iteration once
 the approximate KL to the behaviour policy exceeds ``ppo.target_kl``, while the critic keeps training; the
 entropy bonus can decay linearly to zero; the critic alone has weight decay.
 
@@ -28,15 +29,33 @@ from tqdm.auto import tqdm
 
 from rl3_torchrl._validation import check_choice
 from rl3_torchrl.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from rl3_torchrl.collectors import BACKENDS, MetaEnvFactory, fold_workers, make_collector, worker_seed
 from rl3_torchrl.modules import make_actor_critic
-from rl3_torchrl.modules.transformer import TransformerModule
+from rl3_torchrl.modules.transformer import CausalTransformer, TransformerModule
 from rl3_torchrl.tasks import ALGOS, TASKS, make_meta_env
 from rl3_torchrl.transforms import OnlineQEstimator
 
 CONFIG_DIR = Path(__file__).parent / "configs"
 CHECKPOINT_NAME = "checkpoint.pt"
 # Keys that may change when a run is resumed; everything else must match the checkpoint.
-RESUMABLE_KEYS = ("iterations", "checkpoint.every", "checkpoint.resume", "logger.backend", "eval.every", "progress")
+# The collection and compilation settings may change too (e.g. resume a run on a cluster): they do not change the model.
+RESUMABLE_KEYS = (
+    "iterations",
+    "checkpoint.every",
+    "checkpoint.resume",
+    "logger.backend",
+    "eval.every",
+    "progress",
+    "collector.backend",
+    "collector.workers",
+    "collector.threads_per_worker",
+    "collector.ray.address",
+    "collector.ray.num_cpus_per_worker",
+    "collector.ray.num_gpus_per_worker",
+    "compile.enabled",
+    "compile.backend",
+    "compile.mode",
+)
 
 
 def named_configs() -> list[str]:
@@ -87,7 +106,16 @@ def validate_config(cfg: DictConfig) -> None:
     check_choice("env", cfg.env, TASKS)
     check_choice("ppo.entropy_schedule", cfg.ppo.entropy_schedule, ("linear", "constant"))
     check_choice("logger.backend", cfg.logger.backend, ("csv", "tensorboard", "wandb", ""))
-    for key in ("num_envs", "iterations", "ppo.epochs", "ppo.minibatch_episodes", "checkpoint.every"):
+    check_choice("collector.backend", cfg.collector.backend, BACKENDS)
+    for key in (
+        "num_envs",
+        "iterations",
+        "ppo.epochs",
+        "ppo.minibatch_episodes",
+        "checkpoint.every",
+        "collector.workers",
+        "collector.threads_per_worker",
+    ):
         value = OmegaConf.select(cfg, key)
         if not isinstance(value, int) or value < 1:
             raise ValueError(f"{key}={value!r} must be a positive integer.")
@@ -95,6 +123,16 @@ def validate_config(cfg: DictConfig) -> None:
         raise ValueError(
             f"ppo.minibatch_episodes={cfg.ppo.minibatch_episodes} exceeds num_envs={cfg.num_envs} "
             "(a minibatch holds whole meta-episodes of one iteration)."
+        )
+    workers = cfg.collector.workers
+    if cfg.collector.backend == "single" and workers != 1:
+        raise ValueError(
+            f"collector.workers={workers} needs collector.backend=multiprocess or ray (backend=single is one process)."
+        )
+    if cfg.num_envs % workers:
+        raise ValueError(
+            f"num_envs={cfg.num_envs} is not a multiple of collector.workers={workers}: each worker steps "
+            "num_envs / workers envs (one meta-episode each per iteration)."
         )
 
 
@@ -142,13 +180,25 @@ class Trainer:
             )
         torch.manual_seed(cfg.seed)
         self.env = make_meta_env(
-            cfg.env, cfg.algo, cfg.num_envs, horizon=cfg.horizon, seed=cfg.seed, split="train", device=self.device
+            cfg.env,
+            cfg.algo,
+            cfg.num_envs,
+            horizon=cfg.horizon,
+            seed=cfg.seed,
+            split="train",
+            device=self.device,
+            # the action range check is one host sync per step: only on CPU, where it is free
+            **({} if self.device.type == "cpu" else {"validate_actions": False}),
         )
         self.horizon = self.env.base_env.horizon
         model = OmegaConf.to_container(cfg.model, resolve=True)
         self.actor, self.critic = make_actor_critic(
             self.env, "rl2" if cfg.algo == "rl2" else "rl3", device=self.device, **model
         )
+        if cfg.compile.enabled:
+            for module in (*self.actor.modules(), *self.critic.modules()):
+                if isinstance(module, CausalTransformer):
+                    module.compile_window(backend=cfg.compile.backend, mode=cfg.compile.mode)
         ppo = cfg.ppo
         self.loss = ClipPPOLoss(
             self.actor,
@@ -196,16 +246,55 @@ class Trainer:
             c *= 1 - iteration / self.cfg.iterations
         return c
 
-    def _make_collector(self, iterations: int) -> Collector:
-        return Collector(
-            self.env,
-            self.actor,
-            frames_per_batch=self.frames_per_batch,
-            total_frames=iterations * self.frames_per_batch,
-            reset_at_each_iter=True,
-            auto_register_policy_transforms=False,
-            device=self.device,
-        )
+    def env_factories(self) -> list[MetaEnvFactory]:
+        """One env constructor per collection worker, each with its own seed (:func:`~rl3_torchrl.collectors.worker_seed`
+        of ``seed``, the worker index and the iteration the collector starts at)."""
+        cfg, workers = self.cfg, self.cfg.collector.workers
+        return [
+            MetaEnvFactory(
+                cfg.env,
+                cfg.algo,
+                cfg.num_envs // workers,
+                horizon=self.horizon,
+                seed=worker_seed(cfg.seed, w, self.iteration),
+                device=str(self.device),
+                num_threads=cfg.collector.threads_per_worker,
+            )
+            for w in range(workers)
+        ]
+
+    def _make_collector(self, iterations: int):
+        collector_cfg = self.cfg.collector
+        if collector_cfg.backend == "single":
+            return Collector(
+                self.env,
+                self.actor,
+                frames_per_batch=self.frames_per_batch,
+                total_frames=iterations * self.frames_per_batch,
+                reset_at_each_iter=True,
+                auto_register_policy_transforms=False,
+                device=self.device,
+            )
+        ray_cfg = collector_cfg.ray
+        remote = {"num_cpus": ray_cfg.num_cpus_per_worker}
+        if ray_cfg.num_gpus_per_worker:
+            remote["num_gpus"] = ray_cfg.num_gpus_per_worker
+        rng = torch.get_rng_state()  # the trainer's stream (minibatch order) must not depend on the backend's setup
+        try:
+            collector = make_collector(
+                collector_cfg.backend,
+                self.env_factories(),
+                self.actor,
+                frames_per_batch=self.frames_per_batch,
+                total_frames=iterations * self.frames_per_batch,
+                device=self.device,
+                ray_init_config={"address": ray_cfg.address, "include_dashboard": False},
+                ray_remote_config=remote,
+            )
+        finally:
+            torch.set_rng_state(rng)
+        collector.update_policy_weights_(self.actor)  # the workers start from the trainer's weights
+        return collector
 
     def _make_logger(self, state: dict | None):
         backend = self.cfg.logger.backend
@@ -314,11 +403,14 @@ class Trainer:
             while self.iteration < cfg.iterations:
                 start = time.perf_counter()
                 with timeit("collection"):
-                    data = next(data_iter)
+                    data = fold_workers(next(data_iter), self.horizon)
                 with timeit("update"):
                     self.advantages(data)
                     row = self.update(data)
-                collector.update_policy_weights_()
+                if cfg.collector.backend == "single":
+                    collector.update_policy_weights_()
+                else:
+                    collector.update_policy_weights_(self.actor)
                 elapsed = time.perf_counter() - start
                 times = timeit.todict(percall=False)
                 timeit.erase()

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 from typing import Sequence
 
+import warnings
+
 import torch
 import torch.nn.functional as F
 from tensordict import TensorDictBase
@@ -195,6 +197,53 @@ class CausalTransformer(nn.Module):
         self.layers = nn.ModuleList(
             _DecoderLayer(d_model, num_heads, ffn_dim, dropout, **factory) for _ in range(num_layers)
         )
+        self._compile_options = None
+        self._compiled_encode = None
+
+    def compile_window(self, enabled: bool = True, *, backend: str = "inductor", mode: str | None = None) -> None:
+        """Run the window path (critic values, PPO losses) through :func:`torch.compile`.
+
+        Compilation happens at the first window call; if it fails, a warning is emitted and the module stays eager.
+        The step path (collection) is not compiled: its cache bookkeeping is Python-side and its attention span
+        changes at every step. The compiled function is not pickled (each process compiles its own).
+
+        Examples:
+            >>> net = CausalTransformer(3, max_len=4, hidden_sizes=(8,), d_model=8, num_heads=2, ffn_dim=8)
+            >>> x = torch.randn(2, 4, 3)
+            >>> eager = net(x)
+            >>> net.compile_window(backend="eager")
+            >>> torch.allclose(net(x), eager)
+            True
+        """
+        self._compile_options = {"backend": backend, "mode": mode} if enabled else None
+        self._compiled_encode = None
+
+    def __getstate__(self):
+        state = self.__dict__.copy()
+        state["_compiled_encode"] = None
+        return state
+
+    def _compile_failed(self, err: Exception) -> None:
+        warnings.warn(
+            f"torch.compile of the Transformer window path failed ({type(err).__name__}: {err}); running eager.",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+        self._compile_options = None
+        self._compiled_encode = None
+
+    def _window(self, *args, **kwargs) -> torch.Tensor:
+        """:meth:`_encode` for the window path, compiled if :meth:`compile_window` asked for it."""
+        options = getattr(self, "_compile_options", None)
+        if options is None:
+            return self._encode(*args, **kwargs)
+        try:
+            if self._compiled_encode is None:
+                self._compiled_encode = torch.compile(self._encode, **options)
+            return self._compiled_encode(*args, **kwargs)
+        except Exception as err:  # dynamo / inductor / backend errors: fall back (real errors re-raise eagerly)
+            self._compile_failed(err)
+            return self._encode(*args, **kwargs)
 
     def fingerprint(self) -> tuple:
         """Cheap, sync-free identity of the current parameter values (storage pointer and in-place version)."""
@@ -239,7 +288,7 @@ class CausalTransformer(nn.Module):
         if is_init is None or not bool(is_init[:, 1:].any()):
             if length > self.max_len:
                 raise self._position_error(length - 1)
-            return self._encode(x, steps.expand(n, length), is_causal=True)
+            return self._window(x, steps.expand(n, length), is_causal=True)
         start = torch.where(is_init, steps, torch.zeros_like(steps)).cummax(dim=1).values
         positions = steps - start
         if length > self.max_len:
@@ -249,7 +298,7 @@ class CausalTransformer(nn.Module):
         segment = is_init.long().cumsum(1)
         same = segment.unsqueeze(2) == segment.unsqueeze(1)
         causal = torch.ones(length, length, dtype=torch.bool, device=x.device).tril()
-        return self._encode(x, positions, attn_mask=(same & causal).unsqueeze(1))
+        return self._window(x, positions, attn_mask=(same & causal).unsqueeze(1))
 
     def make_cache(self, x: torch.Tensor) -> _StreamCache:
         """Allocates an empty step cache for ``x.shape[0]`` streams of tokens like ``x [N, F]``."""
