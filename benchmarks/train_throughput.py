@@ -7,6 +7,12 @@ collecting (of which in the online Q estimator) and updating, plus the ratio RL�
     python benchmarks/train_throughput.py                      # default config, 3 timed iterations
     python benchmarks/train_throughput.py --configs default paper_random_mdp --iterations 2
     python benchmarks/train_throughput.py --device cuda --configs paper_random_mdp
+    python benchmarks/train_throughput.py --algos rl3 --backends single multiprocess --workers 1 2 --threads 1
+
+``--backends`` and ``--workers`` select how meta-episodes are collected (``collector.backend`` / ``collector.workers``:
+``single`` runs only with 1 worker; ``multiprocess`` and ``ray`` with every count given). The ``frames/s`` of a
+multi-worker run counts the whole iteration (parallel collection + the update in the trainer process); the
+Q-estimation time is measured in the trainer process only, so it reads 0 when workers collect.
 """
 from __future__ import annotations
 
@@ -20,13 +26,17 @@ import torchrl
 from rl3_torchrl.training import Trainer, load_config
 
 
-def run(config: str, algo: str, iterations: int, device: str, extra: list[str]) -> list[dict]:
+def run(
+    config: str, algo: str, iterations: int, device: str, extra: list[str], backend: str = "single", workers: int = 1
+) -> list[dict]:
     overrides = [
         f"algo={algo}",
+        f"collector.backend={backend}",
+        f"collector.workers={workers}",
         f"iterations={iterations + 1}",
         f"device={device}",
         "eval.every=0",
-        "logger.backend=",
+        "logger.backend=''",
         "progress=false",
         f"checkpoint.every={iterations + 1}",
         f"output_dir={tempfile.mkdtemp()}",
@@ -42,24 +52,34 @@ def main(argv=None):
     parser.add_argument("--algos", nargs="+", default=["rl2", "rl3"])
     parser.add_argument("--iterations", type=int, default=3, help="timed iterations per run")
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--backends", nargs="+", default=["single"], help="single, multiprocess and/or ray")
+    parser.add_argument("--workers", nargs="+", type=int, default=[1], help="collection worker counts")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads of the trainer process")
     parser.add_argument("overrides", nargs="*", help="extra key=value config overrides for every run")
     args = parser.parse_args(argv)
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+    setups = [(b, w) for b in args.backends for w in args.workers if b != "single" or w == 1]
     print(f"# torch {torch.__version__}, torchrl {torchrl.__version__}, {torch.get_num_threads()} threads, {args.device}")
-    print(f"{'config':<18}{'algo':<6}{'frames/it':>10}{'frames/s':>10}{'collect s':>11}{'of which Q s':>13}{'update s':>10}")
+    print(
+        f"{'config':<18}{'algo':<6}{'backend':<14}{'workers':>8}"
+        f"{'frames/it':>10}{'frames/s':>10}{'collect s':>11}{'of which Q s':>13}{'update s':>10}"
+    )
     for config in args.configs:
         fps = {}
-        for algo in args.algos:
-            rows = run(config, algo, args.iterations, args.device, args.overrides)
+        for algo, (backend, workers) in ((a, s) for a in args.algos for s in setups):
+            rows = run(config, algo, args.iterations, args.device, args.overrides, backend, workers)
             med = {k: statistics.median(r[k] for r in rows) for k in
                    ("frames_per_s", "time_collection", "time_q_estimation", "time_update")}
-            fps[algo] = med["frames_per_s"]
+            fps.setdefault(algo, med["frames_per_s"])
             frames = round(med["frames_per_s"] * (med["time_collection"] + med["time_update"]))
             print(
-                f"{config:<18}{algo:<6}{frames:>10}{med['frames_per_s']:>10.0f}{med['time_collection']:>11.2f}"
-                f"{med['time_q_estimation']:>13.2f}{med['time_update']:>10.2f}"
+                f"{config:<18}{algo:<6}{backend:<14}{workers:>8}{frames:>10}{med['frames_per_s']:>10.0f}"
+                f"{med['time_collection']:>11.2f}{med['time_q_estimation']:>13.2f}{med['time_update']:>10.2f}"
             )
         if "rl2" in fps and "rl3" in fps:
-            print(f"{config:<18}RL³ / RL² frames/s = {fps['rl3'] / fps['rl2']:.2f}")
+            ratio = fps["rl3"] / fps["rl2"]
+            print(f"{config:<18}RL³ / RL² frames/s = {ratio:.2f} ({setups[0][0]}, {setups[0][1]} worker)")
 
 
 if __name__ == "__main__":

@@ -5,8 +5,11 @@
     python recipes/ppo_rl3.py config=paper_random_mdp device=cuda
     python recipes/ppo_rl3.py config=paper_gridworld algo=rl3_coarse
     python recipes/ppo_rl3.py checkpoint.resume=true            # continue a killed run from its checkpoint
+    python recipes/ppo_rl3.py collector.backend=multiprocess collector.workers=2   # 2 collection processes
+    python recipes/ppo_rl3.py collector.backend=ray collector.workers=2 collector.ray.address=auto  # a Ray cluster
 
-Logs (CSV by default) and ``checkpoint.pt`` go to ``output_dir`` (default ``runs/<env>_<algo>_s<seed>``).
+Logs (CSV by default) and ``checkpoint.pt`` go to ``output_dir`` (default ``runs/<env>_<algo>_s<seed>``). Scaling out
+(worker processes, a Ray cluster, a GPU): docs/scaling.rst.
 """
 import sys
 

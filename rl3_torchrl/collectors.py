@@ -113,6 +113,9 @@ class MetaEpisodeCollector(Collector):
         _reset_caches(self.policy)
         return super().rollout()
 
+    def __repr__(self) -> str:  # short: Ray prefixes every log line of an actor with it
+        return f"{type(self).__name__}(worker={getattr(self, 'worker_idx', None)})"
+
 
 def fold_workers(data: TensorDictBase, horizon: int) -> TensorDictBase:
     """Fold a ``[W, B_w, H]`` multi-worker batch into ``[W * B_w, H]`` whole meta-episodes (a no-op on ``[B, H]``).

@@ -4,9 +4,10 @@ One iteration collects one meta-episode per env with a :class:`~torchrl.collecto
 path, KV cache inside the module), computes values with the critic's window path and advantages with
 :class:`~torchrl.objectives.value.GAE`, then runs :class:`~torchrl.objectives.ClipPPOLoss` for several epochs on
 minibatches of whole meta-episodes. Collection runs in this process, in several worker processes or on a Ray
-cluster (``collector.*`` keys, :mod:`rl3_torchrl.collectors`); the batch is always ``[num_envs, H]``. As in the paper, the actor stops updating for the rest of an iteration once
-the approximate KL to the behaviour policy exceeds ``ppo.target_kl``, while the critic keeps training; the
-entropy bonus can decay linearly to zero; the critic alone has weight decay.
+cluster (``collector.*`` keys, :mod:`rl3_torchrl.collectors`); the batch is always ``[num_envs, H]``. As in the
+paper, the actor stops updating for the rest of an iteration once the approximate KL to the behaviour policy exceeds
+``ppo.target_kl``, while the critic keeps training; the entropy bonus can decay linearly to zero; the critic alone
+has weight decay.
 
 The configuration is an OmegaConf tree (``rl3_torchrl/configs/ppo.yaml`` and the named configs beside it);
 :func:`load_config` merges a named config and ``key=value`` overrides, :func:`train` runs it.
@@ -247,8 +248,11 @@ class Trainer:
         return c
 
     def env_factories(self) -> list[MetaEnvFactory]:
-        """One env constructor per collection worker, each with its own seed (:func:`~rl3_torchrl.collectors.worker_seed`
-        of ``seed``, the worker index and the iteration the collector starts at)."""
+        """One env constructor per collection worker, each with its own seed.
+
+        The seed is :func:`~rl3_torchrl.collectors.worker_seed` of ``seed``, the worker index and the iteration the
+        collector starts at; each worker steps ``num_envs / workers`` envs.
+        """
         cfg, workers = self.cfg, self.cfg.collector.workers
         return [
             MetaEnvFactory(

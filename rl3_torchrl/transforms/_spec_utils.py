@@ -18,6 +18,19 @@ def discrete_action_size(spec, owner: str) -> tuple[int, bool]:
     )
 
 
+def parent_action_size(transform, action_key, owner: str) -> tuple[int, bool]:
+    """``(n_actions, one_hot)`` of ``action_key`` in the action spec of the env that holds ``transform``."""
+    if transform.parent is None:
+        raise RuntimeError(f"{owner} must be used inside a TransformedEnv (it reads the action spec).")
+    spec = transform.parent.full_action_spec
+    if action_key not in spec.keys(True, True):
+        raise KeyError(
+            f"{owner}: action_key={action_key!r} is not an action of the env; available: "
+            f"{sorted(str(k) for k in spec.keys(True, True))}."
+        )
+    return discrete_action_size(spec[action_key], owner)
+
+
 def action_index(action: torch.Tensor, one_hot: bool) -> torch.Tensor:
     """Integer action indices from a Categorical (``[*B]``) or one-hot (``[*B, A]``) action."""
     return action.argmax(-1) if one_hot else action

@@ -7,7 +7,7 @@ from torchrl.data import Bounded, Unbounded
 from torchrl.envs import Transform
 from torchrl.envs.transforms.utils import _get_reset
 
-from rl3_torchrl.transforms._spec_utils import action_index, discrete_action_size, get_key
+from rl3_torchrl.transforms._spec_utils import action_index, get_key, parent_action_size
 
 
 class MetaRLInputs(Transform):
@@ -62,19 +62,8 @@ class MetaRLInputs(Transform):
     def _action_size(self) -> tuple[int, bool]:
         """``(A, one_hot)`` from the env's action spec, read once."""
         if getattr(self, "_actions", None) is None:
-            self._actions = discrete_action_size(self._action_spec(), "MetaRLInputs")
+            self._actions = parent_action_size(self, self.action_key, "MetaRLInputs")
         return self._actions
-
-    def _action_spec(self):
-        if self.parent is None:
-            raise RuntimeError("MetaRLInputs must be used inside a TransformedEnv (it reads the action spec).")
-        spec = self.parent.full_action_spec
-        if self.action_key not in spec.keys(True, True):
-            raise KeyError(
-                f"MetaRLInputs: action_key={self.action_key!r} is not an action of the env; available: "
-                f"{sorted(str(k) for k in spec.keys(True, True))}."
-            )
-        return spec[self.action_key]
 
     @property
     def n_actions(self) -> int:

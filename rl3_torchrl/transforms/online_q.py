@@ -10,7 +10,7 @@ from torchrl.envs import Transform
 from torchrl.envs.transforms.utils import _get_reset
 
 from rl3_torchrl._validation import check_choice, check_float, check_int
-from rl3_torchrl.transforms._spec_utils import action_index, discrete_action_size, get_key
+from rl3_torchrl.transforms._spec_utils import action_index, get_key, parent_action_size
 from rl3_torchrl.transforms.abstraction import StateAbstraction
 from rl3_torchrl.transforms.count_model import DenseCountModel, SparseCountModel
 
@@ -226,15 +226,7 @@ class OnlineQEstimator(Transform):
                     f"of {self.state_key!r}; make it Categorical or pass n_states=."
                 )
             n_states = int(state_spec.space.n)
-        if self.parent is None:
-            raise RuntimeError("OnlineQEstimator must be used inside a TransformedEnv (it reads the action spec).")
-        action_spec = self.parent.full_action_spec
-        if self.action_key not in action_spec.keys(True, True):
-            raise KeyError(
-                f"OnlineQEstimator: action_key={self.action_key!r} is not an action of the env; available: "
-                f"{sorted(str(k) for k in action_spec.keys(True, True))}."
-            )
-        n_actions, one_hot = discrete_action_size(action_spec[self.action_key], "OnlineQEstimator")
+        n_actions, one_hot = parent_action_size(self, self.action_key, "OnlineQEstimator")
         if self.model is None or (self.model.n_states, self.model.n_actions) != (n_states, n_actions):
             self.model = self._make_model(n_states, n_actions)
         self._config = dict(
