@@ -28,7 +28,7 @@ from rl3_torchrl.training import Trainer, load_config
 
 def run(
     config: str, algo: str, iterations: int, device: str, extra: list[str], backend: str = "single", workers: int = 1
-) -> list[dict]:
+) -> tuple[list[dict], int]:
     overrides = [
         f"algo={algo}",
         f"collector.backend={backend}",
@@ -43,7 +43,8 @@ def run(
         *extra,
     ]
     cfg = load_config(overrides, config=None if config == "default" else config)
-    return Trainer(cfg).train()[1:]  # the first iteration includes warm-up (allocation, first resets)
+    trainer = Trainer(cfg)
+    return trainer.train()[1:], trainer.frames_per_batch  # the first iteration includes warm-up (allocation, resets)
 
 
 def main(argv=None):
@@ -68,11 +69,10 @@ def main(argv=None):
     for config in args.configs:
         fps = {}
         for algo, (backend, workers) in ((a, s) for a in args.algos for s in setups):
-            rows = run(config, algo, args.iterations, args.device, args.overrides, backend, workers)
+            rows, frames = run(config, algo, args.iterations, args.device, args.overrides, backend, workers)
             med = {k: statistics.median(r[k] for r in rows) for k in
                    ("frames_per_s", "time_collection", "time_q_estimation", "time_update")}
             fps.setdefault(algo, med["frames_per_s"])
-            frames = round(med["frames_per_s"] * (med["time_collection"] + med["time_update"]))
             print(
                 f"{config:<18}{algo:<6}{backend:<14}{workers:>8}{frames:>10}{med['frames_per_s']:>10.0f}"
                 f"{med['time_collection']:>11.2f}{med['time_q_estimation']:>13.2f}{med['time_update']:>10.2f}"
