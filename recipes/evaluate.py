@@ -61,7 +61,7 @@ def main(argv=None):
     log_dirs = {}
     for item in args.checkpoints:
         name, path = item.split("=", 1)
-        actor, cfg = load_actor(path, device=args.device)
+        actor, cfg = load_actor(path, task=args.task, device=args.device)
         methods[name] = partial(evaluate_actor, actor, algo=cfg.algo, greedy=args.greedy, **common)
         log_dir = Path(cfg.output_dir) / "logs" / cfg.logger.exp_name
         if log_dir.is_dir():

@@ -33,7 +33,7 @@ from rl3_torchrl.checkpoint import CheckpointError, load_checkpoint, save_checkp
 from rl3_torchrl.collectors import BACKENDS, MetaEnvFactory, fold_workers, make_collector, worker_seed
 from rl3_torchrl.modules import make_actor_critic
 from rl3_torchrl.modules.transformer import CausalTransformer, TransformerModule
-from rl3_torchrl.tasks import ALGOS, TASKS, make_meta_env
+from rl3_torchrl.tasks import ALGOS, TASKS, make_meta_env, task_family
 from rl3_torchrl.transforms import OnlineQEstimator
 
 CONFIG_DIR = Path(__file__).parent / "configs"
@@ -499,10 +499,24 @@ def train(cfg: DictConfig) -> list[dict]:
     return Trainer(cfg).train()
 
 
-def load_actor(path, *, device=None) -> tuple[TransformerModule, DictConfig]:
-    """Rebuild the trained actor of a checkpoint; returns ``(actor, config)``."""
+def load_actor(path, *, task: str | None = None, device=None) -> tuple[TransformerModule, DictConfig]:
+    """Rebuild the trained actor of a checkpoint; returns ``(actor, config)``.
+
+    Args:
+        path: the ``checkpoint.pt`` of a run.
+
+    Keyword Args:
+        task (str, optional): the task it will be evaluated on; it must belong to the task family the actor was
+            trained on (its in-distribution task or an OOD shift of it), otherwise a ``ValueError`` names both.
+        device: where to build the actor.
+    """
     state = load_checkpoint(path)
     cfg = OmegaConf.create(_unflatten(state["config"]))
+    if task is not None and TASKS[check_choice("task", task, TASKS)].family != TASKS[cfg.env].family:
+        raise ValueError(
+            f"checkpoint {str(path)!r} was trained on env={cfg.env!r}; it cannot act on task={task!r} "
+            f"(allowed: {task_family(cfg.env)})."
+        )
     env = make_meta_env(cfg.env, cfg.algo, 1, horizon=cfg.horizon, device=device)
     model = OmegaConf.to_container(cfg.model, resolve=True)
     actor, _ = make_actor_critic(env, "rl2" if cfg.algo == "rl2" else "rl3", device=device, **model)

@@ -143,8 +143,10 @@ def test_loaded_actor_rejects_a_longer_horizon(tmp_path):
     from rl3_torchrl.evaluation import evaluate_actor
 
     Trainer(_config(tmp_path, "iterations=1", "eval.every=0")).train()
-    actor, cfg = load_actor(tmp_path / "checkpoint.pt")
+    actor, cfg = load_actor(tmp_path / "checkpoint.pt", task="random_mdp_ood")
     assert cfg.algo == "rl3"
+    with pytest.raises(ValueError, match="trained on env='random_mdp'.*task='bandit'"):
+        load_actor(tmp_path / "checkpoint.pt", task="bandit")
     result = evaluate_actor(actor, "random_mdp", "rl3", horizon=6, num_tasks=2)
     assert result["num_tasks"] == 2
     with pytest.raises(ValueError, match="max_len"):
