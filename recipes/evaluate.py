@@ -3,6 +3,7 @@
     python recipes/evaluate.py --task random_mdp --horizons 32 64 128 --num-tasks 200
     python recipes/evaluate.py --task random_mdp --horizons 100 --checkpoints rl3=runs/random_mdp_rl3_s0/checkpoint.pt
     python recipes/evaluate.py --task gridworld_13x13 --methods random oracle greedy_q --num-tasks 100
+    python recipes/evaluate.py --horizons 128 512 --checkpoints "rl3=runs/rl3_H{H}/checkpoint.pt"  # one model per H
 
 Every method sees the same test tasks. Writes ``results.csv``, ``results.md``, ``return_vs_horizon.png``,
 ``inner_episode_returns.png``, the meta-training curves of the checkpoints (``training_curves.png``) and, for
@@ -37,7 +38,8 @@ def parse_args(argv=None):
     parser.add_argument("--methods", nargs="*", default=["random", "oracle", "greedy_q", "mbie_eb"],
                         choices=BASELINES)
     parser.add_argument("--checkpoints", nargs="*", default=[], metavar="NAME=PATH",
-                        help="trained actors to evaluate, e.g. rl3=runs/random_mdp_rl3_s0/checkpoint.pt")
+                        help="trained actors to evaluate, e.g. rl3=runs/random_mdp_rl3_s0/checkpoint.pt; a {H} in "
+                             "PATH is replaced by each horizon (one checkpoint per H)")
     parser.add_argument("--num-tasks", type=int, default=1000)
     parser.add_argument("--batch-size", type=int, default=250, help="tasks run at once")
     parser.add_argument("--greedy", action="store_true", help="deterministic actions for the learned actors")
@@ -51,6 +53,15 @@ def parse_args(argv=None):
     return args
 
 
+def evaluate_checkpoint(pattern, args, common, log_dirs, name, *, task, horizon):
+    """Evaluate the checkpoint ``pattern.format(H=horizon)`` on ``task``; remember its training logs."""
+    actor, cfg = load_actor(pattern.format(H=horizon), task=args.task, device=args.device)
+    log_dir = Path(cfg.output_dir) / "logs" / cfg.logger.exp_name
+    if log_dir.is_dir():
+        log_dirs[f"{name} (H={horizon})" if "{H}" in pattern else name] = log_dir
+    return evaluate_actor(actor, task, cfg.algo, horizon=horizon, greedy=args.greedy, **common)
+
+
 def main(argv=None):
     args = parse_args(argv)
     out = Path(args.out)
@@ -60,12 +71,10 @@ def main(argv=None):
     methods = {name: partial(evaluate_baseline, name, **common) for name in args.methods}
     log_dirs = {}
     for item in args.checkpoints:
-        name, path = item.split("=", 1)
-        actor, cfg = load_actor(path, task=args.task, device=args.device)
-        methods[name] = partial(evaluate_actor, actor, algo=cfg.algo, greedy=args.greedy, **common)
-        log_dir = Path(cfg.output_dir) / "logs" / cfg.logger.exp_name
-        if log_dir.is_dir():
-            log_dirs[name] = log_dir
+        name, pattern = item.split("=", 1)
+        for horizon in args.horizons:  # fail fast on a missing, corrupt or mismatched checkpoint
+            load_actor(pattern.format(H=horizon), task=args.task)
+        methods[name] = partial(evaluate_checkpoint, pattern, args, common, log_dirs, name)
     tasks = [args.task] if args.in_distribution_only else task_family(args.task)
     rows = return_vs_horizon(methods, tasks, args.horizons)
 

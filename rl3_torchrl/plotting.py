@@ -113,18 +113,20 @@ def plot_value_map(task: str = "gridworld_13x13", *, policy=None, algo: str = "r
     if not task.startswith("gridworld"):
         raise ValueError(f"plot_value_map needs a gridworld task, got task={task!r}.")
     env = make_meta_env(task, algo, 1, horizon=horizon, seed=seed, split="test", write_q_values=policy is None)
-    states = []
+    estimator = next(t for t in env.transform if isinstance(t, OnlineQEstimator))
     act = policy or QGreedyPolicy(0.0, seed=seed)
+    seen = {"states": []}
 
     def record(td):
-        states.append(int(td["state"][0]))
+        # the env draws a new task right after the last step: keep this task's grid and latest estimates
+        if not seen["states"]:
+            seen["tiles"] = env.base_env.tiles()[0].clone()
+        seen["states"].append(int(td["state"][0]))
+        seen["values"] = estimator.value_map()[0].clone()
         return act(td)
 
     rewards, _, oracle = run_meta_episodes(env, lambda env: record)
-    estimator = next(t for t in env.transform if isinstance(t, OnlineQEstimator))
-    base = env.base_env
-    values = estimator.value_map()[0]
     fig, ax = plt.subplots(figsize=(5, 5))
-    plot_grid(base.tiles()[0], trajectory=states, values=values, ax=ax,
+    plot_grid(seen["tiles"], trajectory=seen["states"], values=seen["values"], ax=ax,
               title=f"{task}: return {float(rewards.sum()):.0f} (oracle {float(oracle[0]):.0f}); V estimates")
     return fig

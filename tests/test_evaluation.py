@@ -100,3 +100,45 @@ def test_oracle_policy_needs_its_tasks_time_and_state():
     td = env.reset()
     policy = OraclePolicy.from_env(env)
     assert policy(td)["action"].shape == (2,)
+
+
+def _load_recipe(name):
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).parents[1] / "recipes" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_evaluate_recipe_writes_tables_and_figures(tmp_path):
+    from rl3_torchrl.training import Trainer, load_config
+
+    tiny = ["model.hidden_sizes=[8]", "model.d_model=8", "model.num_heads=2", "model.num_layers=1", "model.ffn_dim=8",
+            "num_envs=2", "ppo.minibatch_episodes=1", "ppo.epochs=1", "iterations=1", "eval.every=0", "progress=false"]
+    for H in (6, 8):
+        Trainer(load_config([*tiny, f"horizon={H}", f"output_dir={tmp_path / f'rl3_H{H}'}"])).train()
+    out = tmp_path / "eval"
+    rows = _load_recipe("evaluate").main([
+        "--task", "random_mdp", "--horizons", "6", "8", "--num-tasks", "4", "--methods", "random", "oracle",
+        "--checkpoints", f"rl3={tmp_path}/rl3_H{{H}}/checkpoint.pt", "--out", str(out),
+    ])
+    assert {(r["method"], r["task"], r["horizon"]) for r in rows} == {
+        (m, t, h) for m in ("random", "oracle", "rl3") for t in ("random_mdp", "random_mdp_ood") for h in (6, 8)
+    }
+    assert len((out / "results.csv").read_text().splitlines()) == 1 + 12
+    assert "| rl3 | random_mdp_ood | 8 |" in (out / "results.md").read_text()
+    for figure in ("return_vs_horizon.png", "inner_episode_returns.png", "training_curves.png"):
+        assert (out / figure).stat().st_size > 0, figure
+    with pytest.raises(ValueError, match="cannot act on task='bandit'"):
+        _load_recipe("evaluate").main(["--task", "bandit", "--checkpoints", f"x={tmp_path}/rl3_H6/checkpoint.pt"])
+
+
+def test_evaluate_recipe_draws_value_maps_on_gridworlds(tmp_path):
+    _load_recipe("evaluate").main([
+        "--task", "gridworld_11x11", "--in-distribution-only", "--horizons", "20", "--num-tasks", "2",
+        "--methods", "greedy_q", "--out", str(tmp_path),
+    ])
+    assert (tmp_path / "value_map.png").stat().st_size > 0
