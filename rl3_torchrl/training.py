@@ -20,7 +20,6 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig, OmegaConf
 from torchrl._utils import timeit
-from torchrl.collectors import Collector
 from torchrl.data import LazyTensorStorage, ReplayBuffer, SamplerWithoutReplacement
 from torchrl.modules import set_recurrent_mode
 from torchrl.objectives import ClipPPOLoss
@@ -269,16 +268,11 @@ class Trainer:
 
     def _make_collector(self, iterations: int):
         collector_cfg = self.cfg.collector
+        sizes = dict(
+            frames_per_batch=self.frames_per_batch, total_frames=iterations * self.frames_per_batch, device=self.device
+        )
         if collector_cfg.backend == "single":
-            return Collector(
-                self.env,
-                self.actor,
-                frames_per_batch=self.frames_per_batch,
-                total_frames=iterations * self.frames_per_batch,
-                reset_at_each_iter=True,
-                auto_register_policy_transforms=False,
-                device=self.device,
-            )
+            return make_collector("single", None, self.actor, env=self.env, **sizes)
         ray_cfg = collector_cfg.ray
         remote = {"num_cpus": ray_cfg.num_cpus_per_worker}
         if ray_cfg.num_gpus_per_worker:
@@ -289,11 +283,9 @@ class Trainer:
                 collector_cfg.backend,
                 self.env_factories(),
                 self.actor,
-                frames_per_batch=self.frames_per_batch,
-                total_frames=iterations * self.frames_per_batch,
-                device=self.device,
                 ray_init_config={"address": ray_cfg.address, "include_dashboard": False},
                 ray_remote_config=remote,
+                **sizes,
             )
         finally:
             torch.set_rng_state(rng)
