@@ -64,7 +64,8 @@ def load_checkpoint(path, *, expected_config: dict | None = None, ignore: tuple[
     if expected_config is not None:
         saved = state.get("config", {})
         keys = (set(saved) | set(expected_config)) - set(ignore)
-        diff = {k: (saved.get(k), expected_config.get(k)) for k in sorted(keys) if saved.get(k) != expected_config.get(k)}
+        diff = {k: (saved.get(k), expected_config.get(k)) for k in sorted(keys)}
+        diff = {k: pair for k, pair in diff.items() if pair[0] != pair[1]}
         if diff:
             lines = ", ".join(f"{k}: checkpoint {a!r} vs run {b!r}" for k, (a, b) in diff.items())
             raise CheckpointError(f"checkpoint {str(path)!r} was written by a different configuration ({lines}).")

@@ -79,18 +79,8 @@ class MetaEnvFactory:
         if self.num_threads is not None:
             torch.set_num_threads(self.num_threads)
         torch.manual_seed(self.seed)
-        kwargs = {}
-        if torch.device(self.device).type != "cpu":
-            kwargs["validate_actions"] = False  # the range check is a host sync per step
         return make_meta_env(
-            self.task,
-            self.algo,
-            self.num_envs,
-            horizon=self.horizon,
-            seed=self.seed,
-            split="train",
-            device=self.device,
-            **kwargs,
+            self.task, self.algo, self.num_envs, horizon=self.horizon, seed=self.seed, split="train", device=self.device
         )
 
 

@@ -70,7 +70,8 @@ def plot_return_vs_horizon(rows: Sequence[dict], value: str = "normalized_mean",
     colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     for i, method in enumerate(methods):
         for task in dict.fromkeys(r["task"] for r in rows if r["method"] == method):
-            pts = sorted((r["horizon"], r[value], r.get(stderr, 0.0)) for r in rows if (r["method"], r["task"]) == (method, task))
+            runs = [r for r in rows if (r["method"], r["task"]) == (method, task)]
+            pts = sorted((r["horizon"], r[value], r.get(stderr, 0.0)) for r in runs)
             h, y, e = zip(*pts)
             ood = task in ood_tasks
             ax.errorbar(

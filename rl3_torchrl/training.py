@@ -178,18 +178,8 @@ class Trainer:
                 f"{str(self.checkpoint_path)!r} exists: pass checkpoint.resume=true to continue that run, "
                 "or choose another output_dir."
             )
-        torch.manual_seed(cfg.seed)
-        self.env = make_meta_env(
-            cfg.env,
-            cfg.algo,
-            cfg.num_envs,
-            horizon=cfg.horizon,
-            seed=cfg.seed,
-            split="train",
-            device=self.device,
-            # the action range check is one host sync per step: only on CPU, where it is free
-            **({} if self.device.type == "cpu" else {"validate_actions": False}),
-        )
+        factory = MetaEnvFactory(cfg.env, cfg.algo, cfg.num_envs, horizon=cfg.horizon, seed=cfg.seed, device=cfg.device)
+        self.env = factory()
         self.horizon = self.env.base_env.horizon
         model = OmegaConf.to_container(cfg.model, resolve=True)
         self.actor, self.critic = make_actor_critic(
@@ -484,7 +474,8 @@ def train(cfg: DictConfig) -> list[dict]:
         >>> import tempfile
         >>> cfg = load_config(["env=bandit", "horizon=6", "num_envs=2", "iterations=1", "ppo.minibatch_episodes=1",
         ...                    "model.d_model=8", "model.hidden_sizes=[8]", "model.ffn_dim=8", "model.num_layers=1",
-        ...                    "model.num_heads=2", "eval.every=0", "progress=false", f"output_dir={tempfile.mkdtemp()}"])
+        ...                    "model.num_heads=2", "eval.every=0", "progress=false",
+        ...                    f"output_dir={tempfile.mkdtemp()}"])
         >>> len(train(cfg))
         1
     """

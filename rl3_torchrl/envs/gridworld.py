@@ -102,7 +102,7 @@ class GridworldEnv(MetaTaskEnv):
         observe_tiles: bool = False,
         split: str = "train",
         seed: int = 0,
-        validate_actions: bool = True,
+        validate_actions: bool | None = None,
         device=None,
     ):
         self.generator = GridGenerator(

@@ -61,7 +61,8 @@ class MetaTaskEnv(EnvBase):
     Keyword Args:
         split (str): ``"train"`` or ``"test"``; the two draw tasks from disjoint random streams.
         seed (int): the seed of the task and dynamics streams.
-        validate_actions (bool): check every action's dtype, shape and range (one host sync per step on GPU).
+        validate_actions (bool, optional): check every action's dtype, shape and range. The range check is one
+            host sync per step on an accelerator, so the default (``None``) checks on CPU only.
         device: the device of every tensor of the env.
 
     Output keys (besides ``reward`` and ``done``/``terminated``/``truncated``):
@@ -86,7 +87,7 @@ class MetaTaskEnv(EnvBase):
         *,
         split: str = "train",
         seed: int = 0,
-        validate_actions: bool = True,
+        validate_actions: bool | None = None,
         device=None,
     ):
         num_envs = check_int("num_envs", num_envs, low=1)
@@ -96,6 +97,8 @@ class MetaTaskEnv(EnvBase):
         self.horizon = check_int("horizon", horizon, low=1)
         self.episode_length = None if episode_length is None else check_int("episode_length", episode_length, low=1)
         self.split = check_choice("split", split, SPLITS)
+        if validate_actions is None:
+            validate_actions = self.device is None or self.device.type == "cpu"
         self.validate_actions = bool(validate_actions)
         self._observation_dim = observation_dim
         self._has_tasks = False

@@ -97,7 +97,7 @@ class RandomMDPEnv(MetaTaskEnv):
         start_state: int = 0,
         split: str = "train",
         seed: int = 0,
-        validate_actions: bool = True,
+        validate_actions: bool | None = None,
         device=None,
     ):
         self.dirichlet_alpha = check_float("dirichlet_alpha", dirichlet_alpha, low=0.0, low_inclusive=False)

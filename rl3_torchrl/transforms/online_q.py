@@ -59,8 +59,9 @@ class OnlineQEstimator(Transform):
       ``[B, S, A, S]`` and updated one ``(s, a)`` row per step. Best for small ``S`` (random MDPs).
     - ``"sparse"``: states get ids in order of discovery (``|S_known|`` grows), each row keeps the list of distinct
       transitions it has seen and the smoothing mass is handled analytically, so a sweep costs
-      ``O(edges + S·A)``. Required for gridworlds; optionally on a coarse :class:`~rl3_torchrl.transforms.StateAbstraction` (the model and value
-      iteration run on groups of states, the counts in the features stay per state).
+      ``O(edges + S·A)``. Required for gridworlds; optionally on a coarse
+      :class:`~rl3_torchrl.transforms.StateAbstraction` (the model and value iteration run on groups of states, the
+      counts in the features stay per state).
 
     Named presets (:meth:`from_preset`, the paper's settings): ``"random_mdp"`` (dense, α = 0.1, 10 sweeps from
     zero), ``"gridworld"`` (sparse, α = 0.01, warm-started until ``max |ΔQ| < 0.1``) and ``"gridworld_coarse"``
