@@ -289,7 +289,13 @@ class Trainer:
         log_dir = str(self.output_dir / "logs")
         if state is not None and backend == "csv":
             _truncate_logs(state.get("log_sizes", {}))
-        return get_logger(backend, logger_name=log_dir, experiment_name=self.cfg.logger.exp_name)
+        try:
+            return get_logger(backend, logger_name=log_dir, experiment_name=self.cfg.logger.exp_name)
+        except ImportError as err:
+            raise ImportError(
+                f"logger.backend={backend!r} needs its package: pip install 'rl3_torchrl[loggers]' "
+                f"(or pass logger.backend=csv): {err}"
+            ) from err
 
     def log_dir(self) -> Path:
         """Where the CSV logger writes its ``scalars/*.csv`` files."""

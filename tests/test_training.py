@@ -165,3 +165,14 @@ def test_default_config_learns_beyond_random(tmp_path):
     margin = 10 * random["return_stderr"]
     assert final["eval_return"] > random["return_mean"] + margin
     assert final["eval_normalized_return"] > random["normalized_mean"] + 0.05
+
+
+def test_missing_logger_package_is_named(tmp_path):
+    try:
+        import torch.utils.tensorboard  # noqa: F401
+    except ImportError:
+        pass
+    else:
+        pytest.skip("tensorboard is installed here: nothing is missing")
+    with pytest.raises(ImportError, match=r"logger.backend='tensorboard' needs .*rl3_torchrl\[loggers\]"):
+        Trainer(_config(tmp_path, "logger.backend=tensorboard")).train()
