@@ -518,3 +518,29 @@ def test_value_map_matches_the_written_q_values():
     seen[torch.arange(2)[:, None], data["next", "reached_state"]] = True
     seen[torch.arange(2)[:, None], data["state"]] = True
     assert torch.equal(~values.isnan(), seen)
+
+
+def test_sparse_model_without_exact_sizes_gives_the_same_features():
+    # accelerators sweep host-side upper bounds of the known ids and edges (no per-step sync); same Q
+    from torchrl.envs import TransformedEnv
+
+    from rl3_torchrl.envs import GridworldEnv
+
+    def rollout(exact):
+        env = TransformedEnv(GridworldEnv.from_preset("11x11", 3, horizon=60, seed=2),
+                             OnlineQEstimator.from_preset("gridworld"))
+        td = env.reset()
+        env.transform.model.exact_sizes = exact
+        rng = torch.Generator().manual_seed(0)
+        features = []
+        for _ in range(60):
+            td["action"] = torch.randint(5, (3,), generator=rng)
+            td, td_next = env.step_and_maybe_reset(td)
+            features.append(td["next", "q_features"])
+            td = td_next
+        return torch.stack(features), env.transform.model
+
+    exact, _ = rollout(True)
+    bounded, model = rollout(False)
+    assert model.known_max > int(model.n_known.max())  # the bound really was loose
+    torch.testing.assert_close(bounded, exact, rtol=1e-4, atol=1e-4)

@@ -183,6 +183,7 @@ class SparseCountModel(_CountModel):
         super().__init__(n_states, n_actions, laplace=laplace, gamma=gamma, dtype=dtype)
         self.abstraction = abstraction
         self.edges_max = 0  # an upper bound of n_edges.max(), kept on the host
+        self.known_max = 0  # an upper bound of n_known.max(), kept on the host
 
     def _layout(self) -> dict:
         S, A, E, f, i64 = self.n_states, self.n_actions, self.capacity, self.dtype, torch.long
@@ -204,6 +205,7 @@ class SparseCountModel(_CountModel):
     def discover(self, states: torch.Tensor, terminal: torch.Tensor | None = None) -> torch.Tensor:
         """Give ``states`` model ids (new ones in order of discovery) and return them."""
         isolate = terminal if self.abstraction is not None else None
+        self.known_max = min(self.known_max + 1, self.n_states)  # at most one new id per row and call
         return discover_states(self.abstraction, states, self.state_to_id, self.group_size, self.n_known, isolate)
 
     def record(self, states, actions, rewards, next_states, terminal) -> None:
@@ -238,7 +240,9 @@ class SparseCountModel(_CountModel):
 
     def allocate(self, rows: int, device) -> None:
         super().allocate(rows, device)
-        self.edges_max = 0
+        self.edges_max = self.known_max = 0
+        # on CPU reading the exact sizes is no device sync; elsewhere the host-side upper bounds avoid one per step
+        self.exact_sizes = torch.device(device).type == "cpu"
 
     def state_counts(self, states: torch.Tensor) -> torch.Tensor:
         """``N(s, ·)`` per env state (not per group), ``[rows, A]``."""
@@ -262,9 +266,10 @@ class SparseCountModel(_CountModel):
         self.capacity *= 2
 
     def backup(self):
-        n, E = torch.stack([self.n_known.max(), self.n_edges.max()]).tolist()  # one host sync per step
-        self.edges_max = E
-        n, E = max(n, 1), max(E, 1)
+        if self.exact_sizes:
+            self.known_max, self.edges_max = torch.stack([self.n_known.max(), self.n_edges.max()]).tolist()
+        # with upper bounds, the extra ids (beyond n_known) and edges (count 0) carry no reward nor mass: Q stays 0
+        n, E = max(self.known_max, 1), max(self.edges_max, 1)
         live = (self.known(n) & ~self.terminal[:, :n]).to(self.dtype)
         known_mass = self.laplace * self.n_known.to(self.dtype)[:, None, None]
         scale = self.gamma * live[..., None] / (self.counts[:, :n] + known_mass)  # γ / (N(s,a) + α·|S_known|)

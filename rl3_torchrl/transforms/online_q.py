@@ -85,7 +85,8 @@ class OnlineQEstimator(Transform):
         n_states (int, optional): the number of states; default: the ``n`` of the ``Categorical`` state spec.
         dtype (torch.dtype): the float dtype of the model (default float32; the features are float32).
         device: where the model lives; default: the device of the data at the first reset.
-        validate (bool): check that state indices are in range (one host sync per step).
+        validate (bool, optional): check that state indices are in range; one host sync per step on an accelerator,
+            so the default (``None``) checks on CPU only.
         state_key, action_key, reward_key (NestedKey): the inputs (``"state"``, ``"action"``, ``"reward"``).
         next_state_key (NestedKey, optional): the state reached by the transition; default ``"reached_state"``
             when the env writes it, else ``state_key`` of ``"next"``.
@@ -138,7 +139,7 @@ class OnlineQEstimator(Transform):
         n_states: int | None = None,
         dtype: torch.dtype = torch.float32,
         device=None,
-        validate: bool = True,
+        validate: bool | None = None,
         state_key="state",
         action_key="action",
         reward_key="reward",
@@ -162,7 +163,7 @@ class OnlineQEstimator(Transform):
             raise ValueError(f"dtype={dtype!r} is not allowed; use a float dtype such as torch.float32.")
         self.dtype = dtype
         self.model_device = None if device is None else torch.device(device)
-        self.validate = bool(validate)
+        self.validate = validate
         if abstraction is not None and abstraction_radius is not None:
             raise ValueError("pass either abstraction= or abstraction_radius=, not both.")
         if abstraction is not None and not isinstance(abstraction, StateAbstraction):
@@ -318,7 +319,8 @@ class OnlineQEstimator(Transform):
 
     def _states(self, tensordict, key, argument, config, check=True) -> torch.Tensor:
         states = get_key(tensordict, key, argument, "OnlineQEstimator").reshape(-1)
-        if self.validate and check:
+        validate = states.device.type == "cpu" if self.validate is None else self.validate
+        if validate and check:
             low, high = torch.stack([states.min(), states.max()]).tolist()
             if low < 0 or high >= config["n_states"]:
                 bad = states[(states < 0) | (states >= config["n_states"])][:5].tolist()
