@@ -38,23 +38,13 @@ class GridworldEnv(MetaTaskEnv):
         num_envs (int): the number of grids held at once.
 
     Keyword Args:
-        size (int): ``N``, the side of the grid (``N * N`` states), default 13.
         horizon (int): ``H``, the meta-episode length, default 350.
-        n_obstacles (int): obstacle segments per grid, default 11.
-        obstacle_length (int): cells per obstacle segment, default 3.
-        n_water (int): water segments per grid, default 5.
-        water_length (int): cells per water segment, default 2.
-        n_dangers (int): dangers (each ringed by 4 warnings), default 2.
-        goal_min_distance (int): the goal's minimum Manhattan distance from the centre, default 8.
-        slip (float): the slip probability when leaving an empty, start or warning tile, default 0.2.
-        water_slip (float): the slip probability when leaving water, default 1.0.
-        return_window (tuple): a grid is kept only if the optimal undiscounted return of one inner episode of
-            ``acceptance_horizon`` steps from the start lies in ``[low, high]``, default ``(50, 100)``.
-        acceptance_horizon (int): default 100.
-        max_rounds (int): rounds of rejection sampling before a reset gives up with an error, default 20.
-        max_candidates (int): the largest number of candidate grids drawn in one round, default 4096.
         observe_tiles (bool): also output ``"tiles"``, the ``[B, N * N]`` tile codes of each grid.
         split, seed, validate_actions, device: see :class:`~rl3_torchrl.envs.MetaTaskEnv`.
+        **generator_kwargs: the task distribution, passed to
+            :class:`~rl3_torchrl.envs.gridworld_generator.GridGenerator`: ``size`` (default 13), ``n_obstacles``,
+            ``obstacle_length``, ``n_water``, ``water_length``, ``n_dangers``, ``goal_min_distance``, ``slip``,
+            ``water_slip``, ``return_window``, ``acceptance_horizon``, ``max_rounds``, ``max_candidates``.
 
     Output keys: those of :class:`~rl3_torchrl.envs.MetaTaskEnv`, with ``observation`` = ``(row / N, col / N)`` of
     the current cell and ``state`` = ``row * N + col``.
@@ -85,41 +75,15 @@ class GridworldEnv(MetaTaskEnv):
         self,
         num_envs: int = 1,
         *,
-        size: int = 13,
         horizon: int = 350,
-        n_obstacles: int = 11,
-        obstacle_length: int = 3,
-        n_water: int = 5,
-        water_length: int = 2,
-        n_dangers: int = 2,
-        goal_min_distance: int = 8,
-        slip: float = 0.2,
-        water_slip: float = 1.0,
-        return_window: tuple[float, float] = (50.0, 100.0),
-        acceptance_horizon: int = 100,
-        max_rounds: int = 20,
-        max_candidates: int = 4096,
         observe_tiles: bool = False,
         split: str = "train",
         seed: int = 0,
         validate_actions: bool | None = None,
         device=None,
+        **generator_kwargs,
     ):
-        self.generator = GridGenerator(
-            size,
-            n_obstacles=n_obstacles,
-            obstacle_length=obstacle_length,
-            n_water=n_water,
-            water_length=water_length,
-            n_dangers=n_dangers,
-            goal_min_distance=goal_min_distance,
-            slip=slip,
-            water_slip=water_slip,
-            return_window=return_window,
-            acceptance_horizon=acceptance_horizon,
-            max_rounds=max_rounds,
-            max_candidates=max_candidates,
-        )
+        self.generator = GridGenerator(**generator_kwargs)
         self.size = self.generator.size
         self.observe_tiles = bool(observe_tiles)
         super().__init__(

@@ -191,7 +191,23 @@ class GridGenerator:
     ``return_window``. Rounds of candidates are generated until enough grids are kept; after ``max_rounds`` a
     ``RuntimeError`` names the parameters.
 
-    Args: see :class:`~rl3_torchrl.envs.GridworldEnv`, which forwards its generator arguments.
+    Args:
+        size (int): ``N``, the side of the grid (``N * N`` states), default 13.
+
+    Keyword Args:
+        n_obstacles (int): obstacle segments per grid, default 11.
+        obstacle_length (int): cells per obstacle segment, default 3.
+        n_water (int): water segments per grid, default 5.
+        water_length (int): cells per water segment, default 2.
+        n_dangers (int): dangers (each ringed by 4 warnings), default 2.
+        goal_min_distance (int): the goal's minimum Manhattan distance from the centre, default 8.
+        slip (float): the slip probability when leaving an empty, start or warning tile, default 0.2.
+        water_slip (float): the slip probability when leaving water, default 1.0.
+        return_window (tuple): a grid is kept only if the optimal undiscounted return of one inner episode of
+            ``acceptance_horizon`` steps from the start lies in ``[low, high]``, default ``(50, 100)``.
+        acceptance_horizon (int): default 100.
+        max_rounds (int): rounds of rejection sampling before a reset gives up with an error, default 20.
+        max_candidates (int): the largest number of candidate grids drawn in one round, default 4096.
 
     Examples:
         >>> gen = GridGenerator(size=11)
