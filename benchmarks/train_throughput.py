@@ -1,8 +1,8 @@
 """End-to-end PPO meta-training throughput of RL² and RL³, in the same run, with the time split by phase.
 
 For each config (the recipe's default and the paper's random-MDP setting) it trains RL² and RL³ for a few
-iterations (one after the other, after one warm-up iteration each) and prints frames/s and the seconds per iteration spent
-collecting (of which in the online Q estimator) and updating, plus the ratio RL³ / RL² of frames/s.
+iterations (one after the other, after one warm-up iteration each) and prints frames/s and the seconds per
+iteration spent collecting (of which in the online Q estimator) and updating, plus the ratio RL³ / RL² of frames/s.
 
     python benchmarks/train_throughput.py                      # default config, 3 timed iterations
     python benchmarks/train_throughput.py --configs default paper_random_mdp --iterations 2

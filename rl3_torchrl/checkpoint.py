@@ -16,7 +16,18 @@ FORMAT = "rl3_torchrl-checkpoint-v1"
 
 
 class CheckpointError(RuntimeError):
-    """A checkpoint is missing, corrupt, or belongs to a different run configuration."""
+    """A checkpoint is missing, corrupt, or belongs to a different run configuration.
+
+    Examples:
+        >>> import tempfile, os
+        >>> path = os.path.join(tempfile.mkdtemp(), "checkpoint.pt")
+        >>> _ = open(path, "wb").write(b"garbage")
+        >>> try:
+        ...     load_checkpoint(path)
+        ... except CheckpointError as err:
+        ...     print("corrupt" in str(err))
+        True
+    """
 
 
 def save_checkpoint(state: dict, path) -> Path:
@@ -51,6 +62,14 @@ def load_checkpoint(path, *, expected_config: dict | None = None, ignore: tuple[
 
     Raises:
         CheckpointError: the file is missing, unreadable, not a checkpoint of this library, or incompatible.
+
+    Examples:
+        >>> import tempfile, os
+        >>> path = save_checkpoint({"config": {"algo": "rl3"}}, os.path.join(tempfile.mkdtemp(), "c.pt"))
+        >>> load_checkpoint(path, expected_config={"algo": "rl2"})
+        Traceback (most recent call last):
+        ...
+        rl3_torchrl.checkpoint.CheckpointError: ... different configuration (algo: checkpoint 'rl3' vs run 'rl2').
     """
     path = Path(path)
     if not path.is_file():

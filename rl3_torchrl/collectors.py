@@ -97,6 +97,16 @@ class MetaEpisodeCollector(Collector):
     Used as the per-worker collector class of the multi-process and Ray backends; it takes the arguments of
     :class:`~torchrl.collectors.Collector` and is meant for ``reset_at_each_iter=True`` (every batch starts new
     meta-episodes), where it is exact whatever way the weights reached the worker.
+
+    Examples:
+        >>> from rl3_torchrl.modules import make_actor_critic
+        >>> env = MetaEnvFactory("bandit", "rl3", 2, horizon=4)()
+        >>> actor, _ = make_actor_critic(env, "rl3", d_model=8, hidden_sizes=[8], ffn_dim=8, num_heads=2, num_layers=1)
+        >>> collector = MetaEpisodeCollector(env, actor, frames_per_batch=8, total_frames=8, reset_at_each_iter=True,
+        ...                                  auto_register_policy_transforms=False)
+        >>> next(iter(collector)).batch_size
+        torch.Size([2, 4])
+        >>> collector.shutdown()
     """
 
     def rollout(self) -> TensorDictBase:
@@ -150,6 +160,15 @@ def make_collector(
         env: the env of the single-process backend.
         ray_init_config (dict): ``ray.init`` arguments (``address`` …) when Ray is not initialised yet.
         ray_remote_config (dict): the resources of each Ray actor (``num_cpus``, ``num_gpus``, ``memory``).
+
+    Examples:
+        >>> from rl3_torchrl.modules import make_actor_critic
+        >>> env = MetaEnvFactory("bandit", "rl2", 2, horizon=4)()
+        >>> actor, _ = make_actor_critic(env, "rl2", d_model=8, hidden_sizes=[8], ffn_dim=8, num_heads=2, num_layers=1)
+        >>> collector = make_collector("single", None, actor, env=env, frames_per_batch=8, total_frames=8, device="cpu")
+        >>> next(iter(collector))["next", "done"][:, -1].all().item()
+        True
+        >>> collector.shutdown()
     """
     check_choice("collector.backend", backend, BACKENDS)
     common = dict(

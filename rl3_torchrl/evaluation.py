@@ -208,14 +208,30 @@ def evaluate_baseline(name: str, task: str, **kwargs) -> dict:
 
 
 def evaluate_actor(actor, task: str, algo: str, **kwargs) -> dict:
-    """:func:`evaluate` a learned actor (its KV cache is cleared by the reset, through ``is_init``)."""
+    """:func:`evaluate` a learned actor (its KV cache is cleared by the reset, through ``is_init``).
+
+    Examples:
+        >>> from rl3_torchrl.modules import make_actor_critic
+        >>> actor, _ = make_actor_critic(make_meta_env("bandit", "rl3", 1, horizon=5), "rl3", d_model=8,
+        ...                              hidden_sizes=[8], ffn_dim=8, num_heads=2, num_layers=1)
+        >>> evaluate_actor(actor, "bandit", "rl3", horizon=5, num_tasks=3)["num_tasks"]
+        3
+    """
     return evaluate(lambda env: actor, task, algo, **kwargs)
 
 
 def return_vs_horizon(
     methods: dict[str, Callable[..., dict]], tasks: Sequence[str], horizons: Sequence[int]
 ) -> list[dict]:
-    """Run ``methods[name](task=..., horizon=...)`` for every task and horizon; returns one row per run."""
+    """Run ``methods[name](task=..., horizon=...)`` for every task and horizon; returns one row per run.
+
+    Examples:
+        >>> from functools import partial
+        >>> rows = return_vs_horizon({"oracle": partial(evaluate_baseline, "oracle", num_tasks=2)},
+        ...                          ["bandit", "bandit_ood"], [5, 10])
+        >>> [(r["task"], r["horizon"]) for r in rows]
+        [('bandit', 5), ('bandit', 10), ('bandit_ood', 5), ('bandit_ood', 10)]
+    """
     rows = []
     for name, run in methods.items():
         for task in tasks:

@@ -34,7 +34,15 @@ def read_scalars(log_dir) -> dict[str, tuple[list[int], list[float]]]:
 def plot_training_curves(
     log_dirs: dict[str, Path], keys: Sequence[str] = ("return", "eval_normalized_return", "kl_approx", "entropy")
 ):
-    """One panel per scalar, one line per run (``{label: CSV log dir}``); returns the figure."""
+    """One panel per scalar, one line per run (``{label: CSV log dir}``); returns the figure.
+
+    Examples:
+        >>> import tempfile, pathlib
+        >>> d = pathlib.Path(tempfile.mkdtemp()); (d / "scalars").mkdir()
+        >>> _ = (d / "scalars" / "return.csv").write_text("1,2.5\\n2,3.0\\n")
+        >>> len(plot_training_curves({"rl3": d}).axes)
+        1
+    """
     runs = {label: read_scalars(d) for label, d in log_dirs.items()}
     keys = [k for k in keys if any(k in s for s in runs.values())]
     fig, axes = plt.subplots(1, len(keys), figsize=(4 * len(keys), 3.2), squeeze=False)

@@ -22,7 +22,13 @@ ALGOS = ("rl2", "rl3", "rl3_coarse")
 
 @dataclass(frozen=True)
 class TaskSpec:
-    """One named task distribution: the env class, its preset and the family it is a shift of."""
+    """One named task distribution: the env class, its preset and the family it is a shift of.
+
+    Examples:
+        >>> spec = TASKS["random_mdp_ood"]
+        >>> spec.env_cls.__name__, spec.preset, spec.family, spec.q_preset
+        ('RandomMDPEnv', 'ood', 'random_mdp', 'random_mdp')
+    """
 
     env_cls: type
     preset: str

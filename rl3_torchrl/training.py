@@ -101,7 +101,16 @@ def load_config(overrides: list[str] | None = None, config: str | None = None) -
 
 
 def validate_config(cfg: DictConfig) -> None:
-    """Check the choices of a configuration, with errors naming the key, the value and what is allowed."""
+    """Check the choices of a configuration, with errors naming the key, the value and what is allowed.
+
+    Examples:
+        >>> cfg = load_config()
+        >>> cfg.num_envs = 5
+        >>> validate_config(cfg)
+        Traceback (most recent call last):
+        ...
+        ValueError: ppo.minibatch_episodes=8 exceeds num_envs=5 (a minibatch holds whole meta-episodes ...).
+    """
     check_choice("algo", cfg.algo, ALGOS)
     check_choice("env", cfg.env, TASKS)
     check_choice("ppo.entropy_schedule", cfg.ppo.entropy_schedule, ("linear", "constant"))
@@ -498,6 +507,16 @@ def load_actor(path, *, task: str | None = None, device=None) -> tuple[Transform
         task (str, optional): the task it will be evaluated on; it must belong to the task family the actor was
             trained on (its in-distribution task or an OOD shift of it), otherwise a ``ValueError`` names both.
         device: where to build the actor.
+
+    Examples:
+        >>> import tempfile
+        >>> out = tempfile.mkdtemp()
+        >>> _ = train(load_config(["env=bandit", "horizon=6", "num_envs=2", "iterations=1", "ppo.minibatch_episodes=1",
+        ...                        "model.d_model=8", "model.hidden_sizes=[8]", "model.ffn_dim=8", "model.num_heads=2",
+        ...                        "eval.every=0", "progress=false", f"output_dir={out}"]))
+        >>> actor, cfg = load_actor(f"{out}/checkpoint.pt", task="bandit_ood")
+        >>> cfg.env, type(actor).__name__
+        ('bandit', 'ProbabilisticActor')
     """
     state = load_checkpoint(path)
     cfg = OmegaConf.create(_unflatten(state["config"]))

@@ -71,6 +71,14 @@ class MetaTaskEnv(EnvBase):
         ``inner_done`` (bool ``[B, 1]``: the inner episode ended on this step and the env restarted it),
         ``inner_terminated`` (bool ``[B, 1]``: it ended at a terminal state) and ``reached_state`` (int64 ``[B]``,
         the state the transition reached, before any restart).
+
+    Examples:
+        >>> from rl3_torchrl.envs import RandomMDPEnv
+        >>> env = RandomMDPEnv(num_envs=2, horizon=3)
+        >>> isinstance(env, MetaTaskEnv), env.batch_size
+        (True, torch.Size([2]))
+        >>> sorted(env.observation_spec.keys())[:4]
+        ['episode_step', 'inner_done', 'inner_terminated', 'meta_step']
     """
 
     batch_locked = True

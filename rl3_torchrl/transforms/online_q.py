@@ -22,7 +22,12 @@ _DEFAULT_TERMINAL_KEY = "inner_terminated"
 
 
 def q_feature_size(n_actions: int) -> int:
-    """The width of ``q_features``: ``2·A + 1``."""
+    """The width of ``q_features``: ``2·A + 1``.
+
+    Examples:
+        >>> q_feature_size(5)
+        11
+    """
     return 2 * n_actions + 1
 
 
