@@ -7,7 +7,8 @@ minibatches of whole meta-episodes. Collection runs in this process, in several 
 cluster (``collector.*`` keys, :mod:`rl3_torchrl.collectors`); the batch is always ``[num_envs, H]``. As in the
 paper, the actor stops updating for the rest of an iteration once the approximate KL to the behaviour policy exceeds
 ``ppo.target_kl``, while the critic keeps training; the entropy bonus can decay linearly to zero; the critic alone
-has weight decay.
+has weight decay. ``ppo.reward_scale`` multiplies the rewards that GAE and the critic see (e.g. 0.01 on gridworlds,
+whose meta-episode returns reach the thousands); logged and evaluated returns stay unscaled.
 
 The configuration is an OmegaConf tree (``rl3_torchrl/configs/ppo.yaml`` and the named configs beside it);
 :func:`load_config` merges a named config and ``key=value`` overrides, :func:`train` runs it.
@@ -27,7 +28,7 @@ from torchrl.objectives.value import GAE
 from torchrl.record.loggers import get_logger
 from tqdm.auto import tqdm
 
-from rl3_torchrl._validation import check_choice
+from rl3_torchrl._validation import check_choice, check_float
 from rl3_torchrl.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from rl3_torchrl.collectors import BACKENDS, MetaEnvFactory, fold_workers, make_collector, worker_seed
 from rl3_torchrl.modules import make_actor_critic
@@ -37,6 +38,8 @@ from rl3_torchrl.transforms import OnlineQEstimator
 
 CONFIG_DIR = Path(__file__).parent / "configs"
 CHECKPOINT_NAME = "checkpoint.pt"
+#: The rewards GAE and the critic see: ``("next", "reward")`` times ``ppo.reward_scale``.
+SCALED_REWARD_KEY = "scaled_reward"
 # Keys that may change when a run is resumed; everything else must match the checkpoint.
 # The collection and compilation settings may change too (e.g. resume a run on a cluster): they do not change the model.
 RESUMABLE_KEYS = (
@@ -128,6 +131,7 @@ def validate_config(cfg: DictConfig) -> None:
         value = OmegaConf.select(cfg, key)
         if not isinstance(value, int) or value < 1:
             raise ValueError(f"{key}={value!r} must be a positive integer.")
+    check_float("ppo.reward_scale", cfg.ppo.reward_scale, low=0.0, low_inclusive=False)
     if cfg.ppo.minibatch_episodes > cfg.num_envs:
         raise ValueError(
             f"ppo.minibatch_episodes={cfg.ppo.minibatch_episodes} exceeds num_envs={cfg.num_envs} "
@@ -209,6 +213,7 @@ class Trainer:
             normalize_advantage=True,
         )
         self.gae = GAE(gamma=ppo.gamma, lmbda=ppo.lmbda, value_network=None, device=self.device)
+        self.gae.set_keys(reward=SCALED_REWARD_KEY)
         actor_params = list(self.actor.parameters())
         actor_ids = {id(p) for p in actor_params}
         critic_params = [p for p in self.critic.parameters() if id(p) not in actor_ids]
@@ -348,11 +353,13 @@ class Trainer:
 
     # ------------------------------------------------------------------ one iteration
     def advantages(self, data) -> None:
-        """Values of whole meta-episodes with the critic's window path, then GAE (in place)."""
+        """Values of whole meta-episodes with the critic's window path, then GAE on the rewards times
+        ``ppo.reward_scale`` (in place; the critic learns the scaled returns)."""
         with torch.no_grad(), set_recurrent_mode(True):
             self.critic(data)
             value = data["state_value"]
             data["next", "state_value"] = torch.cat([value[:, 1:], torch.zeros_like(value[:, :1])], 1)
+            data["next", SCALED_REWARD_KEY] = data["next", "reward"] * self.cfg.ppo.reward_scale
             self.gae(data)
 
     def update(self, data) -> dict:

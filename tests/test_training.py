@@ -124,6 +124,7 @@ def test_same_seed_same_losses(tmp_path):
         ("env=atari", "env='atari'"),
         ("ppo.entropy_schedule=cosine", "entropy_schedule='cosine'"),
         ("ppo.minibatch_episodes=5", "minibatch_episodes=5 exceeds num_envs=2"),
+        ("ppo.reward_scale=0", r"ppo.reward_scale=0.*allowed: \(0.0, inf\]"),
         ("config=nope", "config='nope'"),
         ("ppo.nope=1", "bad override"),
         ("num_envs", "key=value"),
@@ -132,6 +133,28 @@ def test_same_seed_same_losses(tmp_path):
 def test_bad_config(override, match):
     with pytest.raises(ValueError, match=match):
         load_config([*TINY, override])
+
+
+@pytest.mark.parametrize("scale", [1.0, 0.01])
+def test_advantages_are_gae_of_the_scaled_rewards(tmp_path, scale):
+    """Value targets against a brute-force TD(λ) loop over the scaled rewards; logged rewards stay unscaled."""
+    trainer = Trainer(_config(tmp_path, "env=gridworld_11x11", "horizon=12", f"ppo.reward_scale={scale}"))
+    data = trainer.env.rollout(12, trainer.actor, break_when_any_done=False)
+    reward = data["next", "reward"].clone()
+    trainer.advantages(data)
+    assert torch.equal(data["next", "reward"], reward)
+    gamma, lmbda = trainer.cfg.ppo.gamma, trainer.cfg.ppo.lmbda
+    value, done = data["state_value"].squeeze(-1), data["next", "done"].squeeze(-1)
+    expected = torch.zeros_like(value)
+    for b in range(value.shape[0]):
+        running = 0.0
+        for t in reversed(range(value.shape[1])):
+            following = 0.0 if bool(done[b, t]) else float(value[b, t + 1])
+            delta = scale * float(reward[b, t]) + gamma * following - float(value[b, t])
+            running = delta + gamma * lmbda * (0.0 if bool(done[b, t]) else running)
+            expected[b, t] = running + float(value[b, t])
+    assert reward.abs().max() >= 1  # gridworld rewards: the scale matters
+    torch.testing.assert_close(data["value_target"].squeeze(-1), expected, rtol=1e-4, atol=1e-5)
 
 
 def test_rl3_coarse_needs_a_gridworld(tmp_path):
