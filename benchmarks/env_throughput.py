@@ -94,7 +94,10 @@ def main(argv=None):
         f"# {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, torch "
         f"{torch.__version__}, torchrl {torchrl.__version__}; {steps} steps, median of {repeats}"
     )
-    header = f"{'case':<22}{'B':>6}{'torchrl steps/s':>18}{'plain steps/s':>16}{'ms/step rl':>12}{'ms/step plain':>15}{'ratio':>7}"
+    header = (
+        f"{'case':<22}{'B':>6}{'torchrl steps/s':>18}{'plain steps/s':>16}{'ms/step rl':>12}{'ms/step plain':>15}"
+        f"{'ratio':>7}"
+    )
     print(header)
     for name in args.cases:
         for num_envs in CASES[name][1]:

@@ -61,7 +61,8 @@ def main(argv=None):
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     setups = [(b, w) for b in args.backends for w in args.workers if b != "single" or w == 1]
-    print(f"# torch {torch.__version__}, torchrl {torchrl.__version__}, {torch.get_num_threads()} threads, {args.device}")
+    threads = torch.get_num_threads()
+    print(f"# torch {torch.__version__}, torchrl {torchrl.__version__}, {threads} threads, {args.device}")
     print(
         f"{'config':<18}{'algo':<6}{'backend':<14}{'workers':>8}"
         f"{'frames/it':>10}{'frames/s':>10}{'collect s':>11}{'of which Q s':>13}{'update s':>10}"

@@ -161,7 +161,12 @@ def _check_api_coverage(app, env, docnames):
             continue
         for public in public_names(module):
             if public not in documented[name]:
-                logger.warning("%s.%s is public (in __all__, or a class or function defined there) but not listed in docs/api.rst", name, public)
+                logger.warning(
+                    "%s.%s is public (in __all__, or a class or function defined there) but not listed in "
+                    "docs/api.rst",
+                    name,
+                    public,
+                )
 
 
 # -- constants re-exported by a subpackage -------------------------------------------------------------------------

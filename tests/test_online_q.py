@@ -113,14 +113,17 @@ def check_rollout_against_reference(rollout, make_reference, sweeps=None, atol=1
             if t == 0 or bool(rollout["next", "done"][b, t - 1]):
                 ref = make_reference()
                 ref.discover(state)
-                np.testing.assert_allclose(rollout["q_features"][b, t].double().numpy(), ref.features(state, ref.q(sweeps)), atol=atol)
+                expected = ref.features(state, ref.q(sweeps))
+                np.testing.assert_allclose(rollout["q_features"][b, t].double().numpy(), expected, atol=atol)
             nxt = rollout["next"][b, t]
             terminal = bool(nxt["inner_terminated"])
             checked_terminal += terminal
             ref.record(state, int(rollout["action"][b, t]), float(nxt["reward"]), int(nxt["reached_state"]), terminal)
             ref.discover(int(nxt["state"]))
             expected = ref.features(int(nxt["state"]), ref.q(sweeps))
-            np.testing.assert_allclose(nxt["q_features"].double().numpy(), expected, atol=atol, err_msg=f"row {b} step {t}")
+            np.testing.assert_allclose(
+                nxt["q_features"].double().numpy(), expected, atol=atol, err_msg=f"row {b} step {t}"
+            )
     return checked_terminal
 
 
@@ -142,7 +145,8 @@ def test_hand_worked_trajectory():
         model.allocate(1, "cpu")
         model.discover(torch.tensor([0]))
         for s, a, r, s2 in transitions:
-            model.record(torch.tensor([s]), torch.tensor([a]), torch.tensor([r]), torch.tensor([s2]), torch.tensor([False]))
+            transition = (torch.tensor([s]), torch.tensor([a]), torch.tensor([r]), torch.tensor([s2]))
+            model.record(*transition, torch.tensor([False]))
         assert [int(model.ids(torch.tensor([s]))) for s in (0, 1)] == [0, 1]
         assert model.state_counts(torch.tensor([0])).tolist() == [[2.0, 0.0]]
         assert model.state_counts(torch.tensor([1])).tolist() == [[1.0, 0.0]]
@@ -243,7 +247,8 @@ def test_backup_is_a_gamma_contraction(seed, gamma, sparse):
         )  # fmt: skip
     else:
         P = torch.rand(B, S, A, S, generator=g, dtype=torch.float64)
-        backup = DenseBackup.from_tabular(gamma * P / P.sum(-1, keepdim=True), torch.randn(B, S, A, generator=g, dtype=torch.float64))
+        reward = torch.randn(B, S, A, generator=g, dtype=torch.float64)
+        backup = DenseBackup.from_tabular(gamma * P / P.sum(-1, keepdim=True), reward)
     q1 = torch.randn(B, S, A, generator=g, dtype=torch.float64) * 10
     q2 = torch.randn(B, S, A, generator=g, dtype=torch.float64) * 10
     before = (q1 - q2).abs().flatten(1).amax(-1)
@@ -410,7 +415,10 @@ def test_cuda_matches_cpu(preset):
 def test_check_env_specs_with_the_full_stack():
     for base, est in (
         (random_mdp_env(), OnlineQEstimator.from_preset("random_mdp", write_q_values=True)),
-        (GridworldEnv.from_preset("11x11", num_envs=2, seed=0, horizon=20), OnlineQEstimator.from_preset("gridworld_coarse")),
+        (
+            GridworldEnv.from_preset("11x11", num_envs=2, seed=0, horizon=20),
+            OnlineQEstimator.from_preset("gridworld_coarse"),
+        ),
     ):
         env = TransformedEnv(base, Compose(MetaRLInputs(), est, InitTracker()))
         check_env_specs(env)

@@ -86,7 +86,8 @@ def test_kill_and_resume_reproduces_the_uninterrupted_run(tmp_path, monkeypatch)
             assert a.get(key) == b.get(key), key
         assert a.keys() == b.keys()
     for name in ("return", "loss_critic", "kl_approx"):
-        logs = [(tmp_path / d / "logs" / "random_mdp_rl3" / "scalars" / f"{name}.csv").read_text() for d in ("full", "killed")]
+        files = [tmp_path / run / "logs" / "random_mdp_rl3" / "scalars" / f"{name}.csv" for run in ("full", "killed")]
+        logs = [file.read_text() for file in files]
         assert logs[0] == logs[1], name  # every iteration logged exactly once
 
 
