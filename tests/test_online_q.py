@@ -27,6 +27,7 @@ from rl3_torchrl.transforms import (
     q_feature_slices,
 )
 
+OURS = dict(reward_model="pair", restart_features="fresh")  # this project's conventions before the paper's rules
 MODULES = ["abstraction", "count_model", "meta_inputs", "online_q", "value_iteration"]
 
 
@@ -41,8 +42,10 @@ def test_docstring_examples(name):
 class ReferenceModel:
     """The estimator's model recomputed from scratch from the transitions of one row (plain numpy/python)."""
 
-    def __init__(self, n_states, n_actions, *, laplace, gamma, sparse, radius=None, coordinates=None):
-        self.S, self.A, self.alpha, self.gamma = n_states, n_actions, laplace, gamma
+    def __init__(
+        self, n_states, n_actions, *, laplace, gamma, sparse, radius=None, coordinates=None, reward_model="pair"
+    ):
+        self.S, self.A, self.alpha, self.gamma, self.reward_model = n_states, n_actions, laplace, gamma, reward_model
         self.sparse, self.radius, self.coordinates = sparse, radius, coordinates
         self.ids, self.members, self.closed, self.transitions = {}, [], set(), []
         self.cell_counts = np.zeros((n_states, n_actions))
@@ -77,15 +80,18 @@ class ReferenceModel:
 
     def q(self, sweeps=None, tol=1e-12):
         n = self.S if not self.sparse else len(self.members)
-        N, N3, Rsum = np.zeros((n, self.A)), np.zeros((n, self.A, n)), np.zeros((n, self.A))
+        N, N3, Rsum = np.zeros((n, self.A)), np.zeros((n, self.A, n)), np.zeros((n, self.A, n))
         terminal = np.zeros(n, dtype=bool)
         for i, a, r, j, term in self.transitions:
             N[i, a] += 1
             N3[i, a, j] += 1
-            Rsum[i, a] += r
+            Rsum[i, a, j] += r
             terminal[j] |= term
-        R = Rsum / np.maximum(N, 1)
         P = (N3 + self.alpha) / (N + self.alpha * n)[..., None]
+        if self.reward_model == "pair":
+            R = Rsum.sum(-1) / np.maximum(N, 1)
+        else:  # the paper's: Σ_s' P̂(s'|s, a)·R̂(s, a, s') under the smoothed P̂
+            R = (P * Rsum / np.maximum(N3, 1)).sum(-1)
         P[terminal], R[terminal] = 0.0, 0.0
         Q = np.zeros((n, self.A))
         for k in range(sweeps or 100000):
@@ -96,14 +102,17 @@ class ReferenceModel:
                 break
         return Q
 
-    def features(self, cell, q, scale=10.0):
-        row = q[self.ids[cell]]
+    def features(self, cell, q, scale=10.0, row=None):
+        row = q[self.ids[cell]] if row is None else row
         v = row.max()
         return np.concatenate([row - v, [v], self.cell_counts[cell]]) / scale
 
 
-def check_rollout_against_reference(rollout, make_reference, sweeps=None, atol=1e-6):
-    """Replay every row of ``rollout`` through a fresh reference at each meta-episode start and compare."""
+def check_rollout_against_reference(rollout, make_reference, sweeps=None, atol=1e-6, cached=False):
+    """Replay every row of ``rollout`` through a fresh reference at each meta-episode start and compare.
+
+    ``cached``: after a restart (shown state ≠ reached state) expect ``Q`` cached when the shown state was last
+    reached (the paper's ``restart_features="cached"``)."""
     B, T = rollout.batch_size
     checked_terminal = 0
     for b in range(B):
@@ -111,7 +120,7 @@ def check_rollout_against_reference(rollout, make_reference, sweeps=None, atol=1
         for t in range(T):
             state = int(rollout["state"][b, t])
             if t == 0 or bool(rollout["next", "done"][b, t - 1]):
-                ref = make_reference()
+                ref, cache = make_reference(), {}
                 ref.discover(state)
                 expected = ref.features(state, ref.q(sweeps))
                 np.testing.assert_allclose(rollout["q_features"][b, t].double().numpy(), expected, atol=atol)
@@ -120,11 +129,91 @@ def check_rollout_against_reference(rollout, make_reference, sweeps=None, atol=1
             checked_terminal += terminal
             ref.record(state, int(rollout["action"][b, t]), float(nxt["reward"]), int(nxt["reached_state"]), terminal)
             ref.discover(int(nxt["state"]))
-            expected = ref.features(int(nxt["state"]), ref.q(sweeps))
+            q, reached, shown = ref.q(sweeps), int(nxt["reached_state"]), int(nxt["state"])
+            cache[reached] = q[ref.ids[reached]]
+            row = cache.get(shown, np.zeros(ref.A)) if cached and shown != reached else None
+            expected = ref.features(shown, q, row=row)
             np.testing.assert_allclose(
                 nxt["q_features"].double().numpy(), expected, atol=atol, err_msg=f"row {b} step {t}"
             )
     return checked_terminal
+
+
+# ---------------------------------------------------------------------------------------------- brute force
+class PaperBruteForce:
+    """The authors' rules written out with plain dictionaries and loops, independently of the estimator.
+
+    Counts ``N[(s, a)]``, ``N[(s, a, s')]`` and reward sums per triple; ``R̂(s, a, s')`` = the mean of the triple
+    (0 if unseen); ``P̂(s'|s, a) = (N(s, a, s') + α)/(N(s, a) + α·|S_known|)``; ``R̂(s, a) = Σ_s' P̂·R̂(s, a, s')``;
+    terminal states absorbing with reward 0; after every transition VI, then ``Q(s', ·)`` cached for the reached
+    state; the policy's state shows its fresh ``Q`` unless it differs from the reached state (a restart): then the
+    cache (zeros if never reached). Counts are always current. ``sparse``: states known in order of discovery.
+    """
+
+    def __init__(self, n_states, n_actions, *, laplace, gamma, sweeps=None, tol=1e-12, sparse=False):
+        self.S, self.A, self.alpha, self.gamma, self.sweeps, self.tol = n_states, n_actions, laplace, gamma, sweeps, tol
+        self.known = [] if sparse else list(range(n_states))
+        self.n, self.n3, self.rsum3, self.terminal, self.cache = {}, {}, {}, set(), {}
+        self.q = {}
+
+    def discover(self, s):
+        if s not in self.known:
+            self.known.append(s)
+
+    def record(self, s, a, r, s2, terminal):
+        self.discover(s2)
+        self.n[(s, a)] = self.n.get((s, a), 0) + 1
+        self.n3[(s, a, s2)] = self.n3.get((s, a, s2), 0) + 1
+        self.rsum3[(s, a, s2)] = self.rsum3.get((s, a, s2), 0.0) + r
+        if terminal:
+            self.terminal.add(s2)
+
+    def model(self, s, a):
+        """``({s': P̂(s'|s, a)}, R̂(s, a))``."""
+        denominator = self.n.get((s, a), 0) + self.alpha * len(self.known)
+        p, reward = {}, 0.0
+        for s2 in self.known:
+            p[s2] = (self.n3.get((s, a, s2), 0) + self.alpha) / denominator
+            if self.n3.get((s, a, s2), 0) > 0:
+                reward += p[s2] * self.rsum3[(s, a, s2)] / self.n3[(s, a, s2)]
+        return p, reward
+
+    def solve(self):
+        q = {(s, a): 0.0 for s in self.known for a in range(self.A)}
+        models = {(s, a): self.model(s, a) for s in self.known for a in range(self.A)}
+        sweep = 0
+        while True:
+            value = {s: max(q[(s, a)] for a in range(self.A)) for s in self.known}
+            new = {}
+            for s in self.known:
+                for a in range(self.A):
+                    if s in self.terminal:
+                        new[(s, a)] = 0.0
+                        continue
+                    p, reward = models[(s, a)]
+                    new[(s, a)] = reward + self.gamma * sum(p[s2] * value[s2] for s2 in self.known)
+            change = max(abs(new[k] - q[k]) for k in q)
+            q, sweep = new, sweep + 1
+            if (self.sweeps is not None and sweep == self.sweeps) or (self.sweeps is None and change < self.tol):
+                break
+        self.q = q
+
+    def step(self, s, a, r, reached, terminal, shown):
+        """Record, solve, cache ``Q(reached, ·)`` and return the features of the ``shown`` state."""
+        self.record(s, a, r, reached, terminal)
+        self.discover(shown)
+        self.solve()
+        self.cache[reached] = [self.q[(reached, b)] for b in range(self.A)]
+        if shown == reached:
+            row = [self.q[(shown, b)] for b in range(self.A)]
+        else:
+            row = self.cache.get(shown, [0.0] * self.A)
+        return self.features(shown, row)
+
+    def features(self, s, row):
+        v = max(row)
+        counts = [self.n.get((s, b), 0) for b in range(self.A)]
+        return np.array([x - v for x in row] + [v] + counts) / 10.0
 
 
 # ---------------------------------------------------------------------------------------------- model level
@@ -132,29 +221,33 @@ def test_hand_worked_trajectory():
     """S = 2, A = 2, α = 0.1, γ = 0.5; transitions (0,0,r=1→1), (1,0,r=2→1), (0,0,r=5→0).
 
     N(0,0) = 2, N(0,0,·) = (1, 1) → P̂(·|0,0) = (1.1, 1.1)/2.2 = (1/2, 1/2); N(1,0) = 1, N(1,0,·) = (0, 1) →
-    P̂(·|1,0) = (0.1, 1.1)/1.2 = (1/12, 11/12); unseen (s,1): (1/2, 1/2), reward 0. R(0,0) = 3, R(1,0) = 2.
-    Q(0,0) = 3 + ½(½V0 + ½V1), Q(1,0) = 2 + ½(V0/12 + 11V1/12) with V = Q(·,0):
+    P̂(·|1,0) = (0.1, 1.1)/1.2 = (1/12, 11/12); unseen (s,1): (1/2, 1/2), reward 0.
+    "pair": R(0,0) = 3, R(1,0) = 2. Q(0,0) = 3 + ½(½V0 + ½V1), Q(1,0) = 2 + ½(V0/12 + 11V1/12) with V = Q(·,0):
     0.75·V0 − 0.25·V1 = 3 and −V0 + 13·V1 = 48 → V1 = 78/19, V0 = 102/19; Q(s,1) = ½·(V0 + V1)/2 = 45/19.
+    "transition" (the paper's): R(0,0) = ½·5 + ½·1 = 3, R(1,0) = 11/12·2 + 1/12·0 = 11/6, so −V0 + 13·V1 = 44
+    → V1 = 72/19, V0 = 4 + V1/3 = 100/19, Q(s,1) = 43/19.
     """
     transitions = [(0, 0, 1.0, 1), (1, 0, 2.0, 1), (0, 0, 5.0, 0)]
-    expected_q = torch.tensor([[102 / 19, 45 / 19], [78 / 19, 45 / 19]], dtype=torch.float64)
-    for model in (
-        DenseCountModel(2, 2, laplace=0.1, gamma=0.5, dtype=torch.float64),
-        SparseCountModel(2, 2, laplace=0.1, gamma=0.5, dtype=torch.float64),
-    ):
-        model.allocate(1, "cpu")
-        model.discover(torch.tensor([0]))
-        for s, a, r, s2 in transitions:
-            transition = (torch.tensor([s]), torch.tensor([a]), torch.tensor([r]), torch.tensor([s2]))
-            model.record(*transition, torch.tensor([False]))
-        assert [int(model.ids(torch.tensor([s]))) for s in (0, 1)] == [0, 1]
-        assert model.state_counts(torch.tensor([0])).tolist() == [[2.0, 0.0]]
-        assert model.state_counts(torch.tensor([1])).tolist() == [[1.0, 0.0]]
-        model.solve(max_sweeps=10000, tol=1e-13, check_every=50, warm_start=True)
-        q = torch.stack([model.state_values(torch.tensor([s]))[0] for s in (0, 1)])
-        torch.testing.assert_close(q, expected_q, atol=1e-9, rtol=0)
+    expected = {
+        "pair": torch.tensor([[102 / 19, 45 / 19], [78 / 19, 45 / 19]], dtype=torch.float64),
+        "transition": torch.tensor([[100 / 19, 43 / 19], [72 / 19, 43 / 19]], dtype=torch.float64),
+    }
+    for reward_model, expected_q in expected.items():
+        common = dict(laplace=0.1, gamma=0.5, dtype=torch.float64, reward_model=reward_model)
+        for model in (DenseCountModel(2, 2, **common), SparseCountModel(2, 2, **common)):
+            model.allocate(1, "cpu")
+            model.discover(torch.tensor([0]))
+            for s, a, r, s2 in transitions:
+                transition = (torch.tensor([s]), torch.tensor([a]), torch.tensor([r]), torch.tensor([s2]))
+                model.record(*transition, torch.tensor([False]))
+            assert [int(model.ids(torch.tensor([s]))) for s in (0, 1)] == [0, 1]
+            assert model.state_counts(torch.tensor([0])).tolist() == [[2.0, 0.0]]
+            assert model.state_counts(torch.tensor([1])).tolist() == [[1.0, 0.0]]
+            model.solve(max_sweeps=10000, tol=1e-13, check_every=50, warm_start=True)
+            q = torch.stack([model.state_values(torch.tensor([s]))[0] for s in (0, 1)])
+            torch.testing.assert_close(q, expected_q, atol=1e-9, rtol=0)
     # smoothed probabilities and mean rewards (dense layout [b, s', s·A + a], γ folded in)
-    dense = DenseCountModel(2, 2, laplace=0.1, gamma=0.5, dtype=torch.float64)
+    dense = DenseCountModel(2, 2, laplace=0.1, gamma=0.5, dtype=torch.float64, reward_model="pair")
     dense.allocate(1, "cpu")
     for s, a, r, s2 in transitions:
         dense.record(torch.tensor([s]), torch.tensor([a]), torch.tensor([r]), torch.tensor([s2]), torch.tensor([False]))
@@ -197,8 +290,11 @@ def test_converges_to_exact_q_star():
         model.counts *= rounds
         if isinstance(model, SparseCountModel):
             model.edge_count *= rounds
-        else:  # rebuild γ·P̂ from the scaled counts as record() would
+            model.edge_reward *= rounds  # sums of rewards per edge
+        else:  # rebuild γ·P̂ and the paper's R̂(s, a) = Σ_s' P̂·R̂(s, a, s') from the scaled counts as record() would
             model.successor_counts *= rounds
+            smoothed = model.successor_counts + 0.1
+            model.reward.copy_((smoothed * model.transition_reward).sum(-1) / smoothed.sum(-1))
             n = model.counts.view(1, S * A)
             model.transition.copy_(
                 (gamma * (model.successor_counts.view(1, S * A, S) + 0.1) / (n + 0.1 * S)[..., None]).transpose(1, 2)
@@ -288,14 +384,20 @@ def random_mdp_env(num_envs=3, horizon=25, **kwargs):
     return RandomMDPEnv(num_envs=num_envs, horizon=horizon, seed=1, **kwargs)
 
 
-def test_random_mdp_step_by_step_equivalence():
-    est = OnlineQEstimator.from_preset("random_mdp", dtype=torch.float64)
+@pytest.mark.parametrize("paper", [True, False])
+def test_random_mdp_step_by_step_equivalence(paper):
+    est = OnlineQEstimator.from_preset("random_mdp", dtype=torch.float64, **({} if paper else OURS))
     env = TransformedEnv(random_mdp_env(episode_length=4), est)
     torch.manual_seed(0)
     rollout = env.rollout(60, break_when_any_done=False)  # two meta-episode resets, many inner restarts
     assert int(rollout["next", "inner_done"].sum()) > 10 and int(rollout["next", "done"].sum()) >= 6
+    reward_model = "transition" if paper else "pair"
     check_rollout_against_reference(
-        rollout, lambda: ReferenceModel(10, 5, laplace=0.1, gamma=0.95, sparse=False), sweeps=10, atol=1e-9
+        rollout,
+        lambda: ReferenceModel(10, 5, laplace=0.1, gamma=0.95, sparse=False, reward_model=reward_model),
+        sweeps=10,
+        atol=1e-9,
+        cached=paper,
     )
 
 
@@ -318,16 +420,20 @@ def small_grid_rollout(estimator, steps=70, num_envs=3):
     return env, env.rollout(steps, auto_reset=False, tensordict=td, break_when_any_done=False)
 
 
+@pytest.mark.parametrize("paper", [True, False])
 @pytest.mark.parametrize("radius", [None, 0.25])
-def test_gridworld_step_by_step_equivalence(radius):
+def test_gridworld_step_by_step_equivalence(radius, paper):
     est = OnlineQEstimator.from_preset("gridworld", dtype=torch.float64, tol=1e-11, max_sweeps=20000,
-                                       abstraction_radius=radius)  # fmt: skip
+                                       abstraction_radius=radius, **({} if paper else OURS))  # fmt: skip
     _, rollout = small_grid_rollout(est)
     coordinates = np.array([[c // 5 / 5, c % 5 / 5] for c in range(25)])
+    reward_model = "transition" if paper else "pair"
     terminals = check_rollout_against_reference(
         rollout,
-        lambda: ReferenceModel(25, 5, laplace=0.01, gamma=0.95, sparse=True, radius=radius, coordinates=coordinates),
+        lambda: ReferenceModel(25, 5, laplace=0.01, gamma=0.95, sparse=True, radius=radius, coordinates=coordinates,
+                               reward_model=reward_model),  # fmt: skip
         atol=1e-7,
+        cached=paper,
     )
     assert terminals >= 3  # terminal absorption and inner-episode restarts were exercised
     if radius is not None:
@@ -486,8 +592,10 @@ def test_bad_keys_range_and_action_spec():
         TransformedEnv(random_mdp_env(), OnlineQEstimator(backup="sparse", abstraction_radius=0.1)).reset()
 
 
-def test_exploration_bonus_is_mbie_eb_optimism():
-    # with γ = 0, Q = R̂ + β / sqrt(max(N(s, a), 1)) exactly, so the bonus shows as that difference
+@pytest.mark.parametrize("reward_model", ["transition", "pair"])
+def test_exploration_bonus_is_mbie_eb_optimism(reward_model):
+    # with γ = 0, Q = R̂ + β / sqrt(max(N(s, a), 1)) exactly, so the bonus shows as that difference (fresh values:
+    # cached ones after a restart carry the bonus of the counts at the time they were cached)
     from torchrl.envs import TransformedEnv
 
     from rl3_torchrl.envs import RandomMDPEnv
@@ -495,7 +603,8 @@ def test_exploration_bonus_is_mbie_eb_optimism():
     def q_and_counts(bonus):
         env = TransformedEnv(
             RandomMDPEnv(num_envs=3, horizon=40, seed=1),
-            OnlineQEstimator(gamma=0.0, exploration_bonus=bonus, write_q_values=True),
+            OnlineQEstimator(gamma=0.0, exploration_bonus=bonus, write_q_values=True, reward_model=reward_model,
+                             restart_features="fresh"),  # fmt: skip
         )
         torch.manual_seed(0)
         data = env.rollout(40)
@@ -552,3 +661,84 @@ def test_sparse_model_without_exact_sizes_gives_the_same_features():
     bounded, model = rollout(False)
     assert model.known_max > int(model.n_known.max())  # the bound really was loose
     torch.testing.assert_close(bounded, exact, rtol=1e-4, atol=1e-4)
+
+
+# ---------------------------------------------------------------------------------------------- the paper's rules
+def test_paper_reward_rule_shrinks_a_single_visit():
+    """One visit of a 10-state MDP, α = 0.1: R̂(s, a) = (1 + α)/(1 + 10α)·r = 0.55·r; "pair" gives r."""
+    for reward_model, expected in (("transition", 0.55 * 3.0), ("pair", 3.0)):
+        model = DenseCountModel(10, 5, laplace=0.1, gamma=0.95, dtype=torch.float64, reward_model=reward_model)
+        model.allocate(1, "cpu")
+        transition = (torch.tensor([0]), torch.tensor([2]), torch.tensor([3.0]), torch.tensor([4]))
+        model.record(*transition, torch.tensor([False]))
+        assert model.reward[0, 0, 2].item() == pytest.approx(expected)
+    with pytest.raises(ValueError, match=r"reward_model='mean' is not allowed; choose one of \['transition', 'pair'\]"):
+        DenseCountModel(2, 2, laplace=0.1, gamma=0.9, reward_model="mean")
+
+
+def scripted_random_mdp_rollout(estimator, steps=16):
+    """A 3-state, 2-action random MDP, inner episodes of 3 steps, actions fixed by the step index."""
+    env = TransformedEnv(RandomMDPEnv(num_envs=2, n_states=3, n_actions=2, episode_length=3, horizon=steps, seed=3),
+                         estimator)  # fmt: skip
+    td = env.reset()
+    actions = torch.tensor([[0, 0, 1, 0, 0, 1, 1, 0, 0, 0, 1, 1, 0, 1, 0, 0],
+                            [1, 0, 0, 1, 1, 0, 0, 0, 1, 0, 0, 1, 0, 1, 1, 0]])  # fmt: skip
+    data = []
+    for t in range(steps):
+        td["action"] = actions[:, t % actions.shape[1]]
+        td, td_next = env.step_and_maybe_reset(td)
+        data.append(td.clone())
+        td = td_next
+    return torch.stack(data, 1)
+
+
+def test_random_mdp_preset_matches_the_brute_force_paper_rules():
+    est = OnlineQEstimator.from_preset("random_mdp", dtype=torch.float64, write_q_values=True)
+    rollout = scripted_random_mdp_rollout(est)
+    fresh = scripted_random_mdp_rollout(OnlineQEstimator.from_preset("random_mdp", dtype=torch.float64,
+                                                                     restart_features="fresh"))  # fmt: skip
+    assert torch.equal(rollout["next", "reward"], fresh["next", "reward"])  # same transitions
+    seen = {"once": 0, "twice_two_successors": 0, "restart_cached": 0, "restart_never_reached": 0}
+    for b in range(2):
+        ref = PaperBruteForce(3, 2, laplace=0.1, gamma=0.95, sweeps=10)
+        for t in range(rollout.shape[1]):
+            nxt = rollout["next"][b, t]
+            s, a = int(rollout["state"][b, t]), int(rollout["action"][b, t])
+            reached, shown = int(nxt["reached_state"]), int(nxt["state"])
+            expected = ref.step(s, a, float(nxt["reward"]), reached, bool(nxt["inner_terminated"]), shown)
+            np.testing.assert_allclose(nxt["q_features"].numpy(), expected, atol=1e-9, err_msg=f"row {b} step {t}")
+            successors = {k[2] for k in ref.n3 if k[:2] == (s, a)}
+            seen["once"] += ref.n[(s, a)] == 1
+            seen["twice_two_successors"] += ref.n[(s, a)] >= 2 and len(successors) >= 2
+            if shown != reached:
+                assert bool(nxt["inner_done"])
+                seen["restart_cached" if shown in ref.cache else "restart_never_reached"] += 1
+                differs = not torch.allclose(nxt["q_features"][:5], fresh["next", "q_features"][b, t, :5])
+                seen["restart_cached"] += 10 * differs  # the cached values really differ from fresh ones
+            else:  # no restart: the two conventions agree
+                torch.testing.assert_close(nxt["q_features"], fresh["next", "q_features"][b, t])
+    assert seen["once"] and seen["twice_two_successors"] and seen["restart_never_reached"], seen
+    assert seen["restart_cached"] >= 10, seen
+
+
+def test_our_conventions_reproduce_the_previous_estimator():
+    """``reward_model="pair", restart_features="fresh"``: the per-(s, a) mean reward and fresh restart values."""
+    est = OnlineQEstimator.from_preset("random_mdp", dtype=torch.float64, **OURS)
+    env = TransformedEnv(random_mdp_env(episode_length=4), est)
+    torch.manual_seed(0)
+    rollout = env.rollout(40, break_when_any_done=False)
+    check_rollout_against_reference(
+        rollout, lambda: ReferenceModel(10, 5, laplace=0.1, gamma=0.95, sparse=False), sweeps=10, atol=1e-9
+    )
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        (dict(reward_model="mean"), r"reward_model='mean' is not allowed; choose one of \['transition', 'pair'\]"),
+        (dict(restart_features="old"), r"restart_features='old' is not allowed; choose one of \['cached', 'fresh'\]"),
+    ],
+)
+def test_bad_conventions(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        OnlineQEstimator(**kwargs)

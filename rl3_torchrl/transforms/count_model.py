@@ -5,6 +5,17 @@ the states observed to be terminal, and the current action-values ``Q`` (refresh
 model is ``P̂(s'|s, a) = (N(s, a, s') + α) / (N(s, a) + α·|S_known|)`` over the known states, reward 0 for unseen
 pairs, and terminal states absorbing with reward 0.
 
+The expected reward ``R̂(s, a)`` that value iteration uses follows ``reward_model`` (see :data:`REWARD_MODELS`):
+
+- ``"transition"`` (the paper's rule, from the authors' code): ``R̂(s, a, s')`` is the running mean of the rewards
+  seen for the triple (0 for an unseen ``s'``) and ``R̂(s, a) = Σ_s' P̂(s'|s, a)·R̂(s, a, s')`` under the *smoothed*
+  ``P̂``, i.e. ``(Σ_s' r-sum(s, a, s') + α·Σ_s' R̂(s, a, s')) / (N(s, a) + α·|S_known|)``: shrunk towards 0 at low
+  counts (``(1 + α)/(1 + α·|S|)·r`` after one visit).
+- ``"pair"`` (ours, before the paper's rule was known): the plain mean of the rewards seen for ``(s, a)``.
+
+Both models can also cache ``Q(s', ·)`` of the state each transition reached (:meth:`remember`), for the paper's
+features after an inner-episode restart (see :class:`~rl3_torchrl.transforms.OnlineQEstimator`).
+
 - :class:`DenseCountModel`: every state is known from the start; ``γ·P̂`` is stored densely (``[B, S', S·A]``, the
   layout of :class:`DenseBackup`) and only the ``(s, a)`` column that changed is rewritten at each step.
 - :class:`SparseCountModel`: states get ids in order of discovery (optionally through a coarse
@@ -21,16 +32,31 @@ import torch
 from torch import nn
 
 from rl3_torchrl.transforms.abstraction import discover_states
+from rl3_torchrl._validation import check_choice
 from rl3_torchrl.transforms.value_iteration import DenseBackup, SparseBackup, value_iteration
+
+#: The reward estimates: ``"transition"`` (the paper's: per-``(s, a, s')`` means under the smoothed ``P̂``) and
+#: ``"pair"`` (ours: the plain per-``(s, a)`` mean).
+REWARD_MODELS = ("transition", "pair")
 
 
 class _CountModel(nn.Module):
     """Buffer bookkeeping shared by the models: lazy allocation and masked clearing."""
 
-    def __init__(self, n_states: int, n_actions: int, *, laplace: float, gamma: float, dtype=torch.float32):
+    def __init__(
+        self,
+        n_states: int,
+        n_actions: int,
+        *,
+        laplace: float,
+        gamma: float,
+        dtype=torch.float32,
+        reward_model: str = "transition",
+    ):
         super().__init__()
         self.n_states, self.n_actions = n_states, n_actions
         self.laplace, self.gamma, self.dtype = laplace, gamma, dtype
+        self.reward_model = check_choice("reward_model", reward_model, REWARD_MODELS)
         for name in self._layout():
             self.register_buffer(name, nn.parameter.UninitializedBuffer())
         self.register_buffer("sweeps", nn.parameter.UninitializedBuffer())
@@ -68,6 +94,34 @@ class _CountModel(nn.Module):
         """``N(s, ·)`` of one env state per row, ``[rows, A]``."""
         return self.counts[torch.arange(states.shape[0], device=states.device), states]
 
+    def remember(self, reached: torch.Tensor, current: torch.Tensor) -> None:
+        """Cache ``Q(s', ·)`` of the ``reached`` states (call after :meth:`solve`) and flag the rows whose
+        ``current`` state is not the reached one (an inner-episode restart); see :meth:`shown_values`.
+
+        Examples:
+            >>> model = DenseCountModel(2, 1, laplace=0.1, gamma=0.0)
+            >>> model.allocate(1, "cpu")
+            >>> model.record(torch.tensor([0]), torch.tensor([0]), torch.tensor([2.0]), torch.tensor([1]),
+            ...              torch.tensor([False]))
+            >>> model.solve(max_sweeps=1, tol=None, check_every=1, warm_start=False)
+            >>> model.remember(torch.tensor([1]), torch.tensor([0]))   # reached 1, restarted at 0: never reached
+            >>> model.shown_values(torch.tensor([0])).tolist(), round(model.state_values(torch.tensor([0])).item(), 4)
+            ([[0.0]], 1.8333)
+        """
+        rows = torch.arange(reached.shape[0], device=reached.device)
+        self.entered_q[rows, reached] = self.state_values(reached)
+        self.restarted = current != reached
+
+    def shown_values(self, states: torch.Tensor) -> torch.Tensor:
+        """``Q(s, ·)`` of one env state per row, ``[rows, A]``, except on rows flagged by :meth:`remember` as
+        restarted, which get the values cached the last time ``s`` was reached (zeros if never)."""
+        rows = torch.arange(states.shape[0], device=states.device)
+        return torch.where(self.restarted[:, None], self.entered_q[rows, states], self.state_values(states))
+
+    def _cache_layout(self) -> dict:
+        S, A = self.n_states, self.n_actions
+        return {"entered_q": ((S, A), self.dtype, 0.0), "restarted": ((), torch.bool, False)}
+
     def known(self, n: int) -> torch.Tensor:
         """Bool ``[rows, n]``: which of the first ``n`` model ids are in use (all of them here)."""
         return torch.ones(self.q.shape[0], n, dtype=torch.bool, device=self.q.device)
@@ -99,6 +153,10 @@ class _CountModel(nn.Module):
 class DenseCountModel(_CountModel):
     """A count model over a fixed set of ``n_states`` states, with ``γ·P̂`` kept dense and updated incrementally.
 
+    Keyword Args:
+        laplace (float): ``α``; gamma (float): ``γ``; dtype: the float dtype.
+        reward_model (str): ``"transition"`` (the paper's, default) or ``"pair"`` (ours); see :data:`REWARD_MODELS`.
+
     Examples:
         >>> model = DenseCountModel(2, 1, laplace=0.1, gamma=0.9)
         >>> model.allocate(1, "cpu")
@@ -106,18 +164,24 @@ class DenseCountModel(_CountModel):
         ...              torch.tensor([False]))
         >>> [round(p, 4) for p in (model.transition[0, :, 0] / 0.9).tolist()]  # [0.1, 1.1] / (1 + 0.1·2)
         [0.0833, 0.9167]
+        >>> round(model.reward[0, 0, 0].item(), 4)  # P̂(1|0, 0)·R̂(0, 0, 1) = 1.1/1.2 · 1; "pair" would give 1
+        0.9167
     """
 
     def _layout(self) -> dict:
         S, A, f = self.n_states, self.n_actions, self.dtype
-        return {
+        layout = {
             "successor_counts": ((S, A, S), f, 0.0),
             "counts": ((S, A), f, 0.0),
             "reward": ((S, A), f, 0.0),
             "transition": ((S, S * A), f, self.gamma / S),
             "terminal": ((S,), torch.bool, False),
             "q": ((S, A), f, 0.0),
+            **self._cache_layout(),
         }
+        if self.reward_model == "transition":
+            layout["transition_reward"] = ((S, A, S), f, 0.0)  # R̂(s, a, s'), the running mean per triple
+        return layout
 
     def discover(self, states: torch.Tensor, terminal: torch.Tensor | None = None) -> torch.Tensor:
         """The model ids of ``states``: the states themselves (all states are known)."""
@@ -135,8 +199,16 @@ class DenseCountModel(_CountModel):
         counts[rows, pair] += 1
         n = counts[rows, pair]
         live = (~self.terminal[rows, ids]).to(self.dtype)  # a terminal state stays absorbing with reward 0
-        reward[rows, pair] += live * (rewards.to(self.dtype) - reward[rows, pair]) / n
-        column = (successor_counts[rows, pair] + self.laplace) * (self.gamma * live / (n + self.laplace * S))[:, None]
+        rewards = rewards.to(self.dtype)
+        smoothed = successor_counts[rows, pair] + self.laplace  # [R, S'], (N(s, a, s') + α)
+        if self.reward_model == "pair":
+            reward[rows, pair] += live * (rewards - reward[rows, pair]) / n
+        else:
+            means = self.transition_reward.view(R, S * A, S)
+            triple = successor_counts[rows, pair, next_ids]
+            means[rows, pair, next_ids] += (rewards - means[rows, pair, next_ids]) / triple
+            reward[rows, pair] = live * (smoothed * means[rows, pair]).sum(-1) / (n + self.laplace * S)
+        column = smoothed * (self.gamma * live / (n + self.laplace * S))[:, None]
         self.transition[rows, :, pair] = column
         self.terminal[rows, next_ids] |= terminal
         keep = (~terminal).to(self.dtype)
@@ -163,6 +235,8 @@ class SparseCountModel(_CountModel):
 
     Keyword Args:
         laplace (float): ``α``; gamma (float): ``γ``; dtype: the float dtype.
+        reward_model (str): ``"transition"`` (the paper's, default) or ``"pair"`` (ours); see :data:`REWARD_MODELS`.
+            Each edge keeps the sum of its rewards, so ``R̂(s, a, s')`` is one division.
         abstraction (StateAbstraction, optional): group states online; the model then runs on group ids while
             :meth:`state_counts` stays per state. Terminal states always get a group of their own.
         capacity (int): the initial number of edges per row (doubles when full).
@@ -178,9 +252,20 @@ class SparseCountModel(_CountModel):
         ([1, -1, 0], [2], [2.0, 1.0])
     """
 
-    def __init__(self, n_states, n_actions, *, laplace, gamma, dtype=torch.float32, abstraction=None, capacity=64):
+    def __init__(
+        self,
+        n_states,
+        n_actions,
+        *,
+        laplace,
+        gamma,
+        dtype=torch.float32,
+        reward_model="transition",
+        abstraction=None,
+        capacity=64,
+    ):
         self.capacity = capacity
-        super().__init__(n_states, n_actions, laplace=laplace, gamma=gamma, dtype=dtype)
+        super().__init__(n_states, n_actions, laplace=laplace, gamma=gamma, dtype=dtype, reward_model=reward_model)
         self.abstraction = abstraction
         self.edges_max = 0  # an upper bound of n_edges.max(), kept on the host
         self.known_max = 0  # an upper bound of n_known.max(), kept on the host
@@ -198,8 +283,10 @@ class SparseCountModel(_CountModel):
             "edge_pair": ((E,), i64, 0),
             "edge_successor": ((E,), i64, 0),
             "edge_count": ((E,), f, 0.0),
+            "edge_reward": ((E,), f, 0.0),  # the sum of the rewards seen on each edge
             "n_edges": ((), i64, 0),
             "q": ((S, A), f, 0.0),
+            **self._cache_layout(),
         }
 
     def discover(self, states: torch.Tensor, terminal: torch.Tensor | None = None) -> torch.Tensor:
@@ -229,6 +316,7 @@ class SparseCountModel(_CountModel):
         self.edge_pair[rows, edge] = pair
         self.edge_successor[rows, edge] = next_ids
         self.edge_count[rows, edge] += 1
+        self.edge_reward[rows, edge] += rewards.to(self.dtype)
         self.n_edges += ~found
         self.edges_max += 1
         self.terminal[rows, next_ids] |= terminal
@@ -261,7 +349,7 @@ class SparseCountModel(_CountModel):
         return values.masked_fill(ids < 0, float("nan"))
 
     def _grow(self) -> None:
-        for name in ("edge_pair", "edge_successor", "edge_count"):
+        for name in ("edge_pair", "edge_successor", "edge_count", "edge_reward"):
             setattr(self, name, torch.nn.functional.pad(getattr(self, name), (0, self.capacity)))
         self.capacity *= 2
 
@@ -272,14 +360,20 @@ class SparseCountModel(_CountModel):
         n, E = max(self.known_max, 1), max(self.edges_max, 1)
         live = (self.known(n) & ~self.terminal[:, :n]).to(self.dtype)
         known_mass = self.laplace * self.n_known.to(self.dtype)[:, None, None]
-        scale = self.gamma * live[..., None] / (self.counts[:, :n] + known_mass)  # γ / (N(s,a) + α·|S_known|)
-        pairs = self.edge_pair[:, :E]
+        inverse = live[..., None] / (self.counts[:, :n] + known_mass)  # 1 / (N(s,a) + α·|S_known|), 0 if absorbing
+        scale = self.gamma * inverse
+        pairs, edge_count = self.edge_pair[:, :E], self.edge_count[:, :E]
+        reward = self.reward[:, :n]
+        if self.reward_model == "transition":  # Σ_s' (N(s,a,s') + α)·R̂(s,a,s'), unused edges add 0
+            weighted = self.edge_reward[:, :E] / edge_count.clamp_min(1) * (edge_count + self.laplace)
+            reward = torch.zeros_like(inverse).view(inverse.shape[0], -1).scatter_add(1, pairs, weighted)
+            reward = reward.view_as(inverse) * inverse
         backup = SparseBackup(
             pairs,
             self.edge_successor[:, :E],
-            self.edge_count[:, :E] * scale.view(scale.shape[0], -1).gather(1, pairs),
+            edge_count * scale.view(scale.shape[0], -1).gather(1, pairs),
             self.laplace * scale,
-            self.reward[:, :n],
+            reward,
         )
         return backup, self.q[:, :n]
 

@@ -12,7 +12,10 @@ from torchrl.envs.transforms.utils import _get_reset
 from rl3_torchrl._validation import check_choice, check_float, check_int
 from rl3_torchrl.transforms._spec_utils import action_index, get_key, parent_action_size
 from rl3_torchrl.transforms.abstraction import StateAbstraction
-from rl3_torchrl.transforms.count_model import DenseCountModel, SparseCountModel
+from rl3_torchrl.transforms.count_model import REWARD_MODELS, DenseCountModel, SparseCountModel
+
+#: The features shown after an inner-episode restart: ``"cached"`` (the paper's) or ``"fresh"`` (ours).
+RESTART_FEATURES = ("cached", "fresh")
 
 #: The blocks of ``q_features``, in order: ``advantage`` (A values), ``value`` (1), ``count`` (A).
 Q_FEATURE_BLOCKS = ("advantage", "value", "count")
@@ -68,9 +71,26 @@ class OnlineQEstimator(Transform):
       :class:`~rl3_torchrl.transforms.StateAbstraction` (the model and value iteration run on groups of states, the
       counts in the features stay per state).
 
+    Two conventions follow the authors' code by default and can be switched to ours (the estimator of this
+    project before the authors' rules were checked):
+
+    - ``reward_model``: ``"transition"`` (the paper's) keeps the running mean reward ``R̂(s, a, s')`` of every
+      triple (0 for an unseen ``s'``) and uses ``R̂(s, a) = Σ_s' P̂(s'|s, a)·R̂(s, a, s')`` under the smoothed
+      ``P̂``, which shrinks the reward towards 0 at low counts (≈ 0.55·r after one visit of a 10-state MDP with
+      α = 0.1); ``"pair"`` (ours) uses the plain mean reward of ``(s, a)``.
+    - ``restart_features``: after an inner-episode restart (the state the policy sees differs from the state the
+      transition reached), ``"cached"`` (the paper's) shows the advantages and value of ``Q(s_0, ·)`` as cached
+      the last time ``s_0`` was *reached* by a transition (zeros if never); value iteration is not rerun for the
+      restart. ``"fresh"`` (ours) shows ``Q(s_0, ·)`` of the current model. The count block is always current
+      in both conventions: counts are exact data, not an estimate that needs value iteration, so there is nothing
+      stale to reproduce, and the count features then always sum to at most the number of steps taken.
+      ``q_values`` (with ``write_q_values``) is the ``Q`` the features were computed from, so it is cached too.
+      Without a ``next_state_key`` distinct from ``state_key`` no restart is visible and both conventions agree.
+
     Named presets (:meth:`from_preset`, the paper's settings): ``"random_mdp"`` (dense, α = 0.1, 10 sweeps from
     zero), ``"gridworld"`` (sparse, α = 0.01, warm-started until ``max |ΔQ| < 0.1``) and ``"gridworld_coarse"``
-    (the same on the coarse abstraction).
+    (the same on the coarse abstraction); all with ``reward_model="transition"`` and ``restart_features="cached"``.
+    Pass ``reward_model="pair", restart_features="fresh"`` for ours.
 
     Keyword Args:
         backup (str): ``"dense"`` or ``"sparse"``.
@@ -82,6 +102,8 @@ class OnlineQEstimator(Transform):
         warm_start (bool): start each step's value iteration from the previous ``Q`` rather than from zero.
         feature_scale (float): the divisor of every feature (default 10).
         write_q_values (bool): also write the raw ``Q(s, ·)`` under ``q_values_key``.
+        reward_model (str): ``"transition"`` (the paper's, default) or ``"pair"`` (ours), see above.
+        restart_features (str): ``"cached"`` (the paper's, default) or ``"fresh"`` (ours), see above.
         exploration_bonus (float): ``β ≥ 0``; adds ``β / sqrt(max(N(s, a), 1))`` to the estimated rewards (MBIE-EB),
             for optimistic tabular baselines (default 0: the plain certainty-equivalent estimate).
         abstraction (StateAbstraction, optional): a coarse abstraction (``"sparse"`` only).
@@ -112,9 +134,14 @@ class OnlineQEstimator(Transform):
         True
     """
 
+    _PAPER_RULES = dict(reward_model="transition", restart_features="cached")
     PRESETS = {
-        "random_mdp": dict(backup="dense", laplace=0.1, max_sweeps=10, tol=0.01, check_every=10, warm_start=False),
-        "gridworld": dict(backup="sparse", laplace=0.01, max_sweeps=2000, tol=0.1, check_every=4, warm_start=True),
+        "random_mdp": dict(
+            backup="dense", laplace=0.1, max_sweeps=10, tol=0.01, check_every=10, warm_start=False, **_PAPER_RULES
+        ),
+        "gridworld": dict(
+            backup="sparse", laplace=0.01, max_sweeps=2000, tol=0.1, check_every=4, warm_start=True, **_PAPER_RULES
+        ),
         "gridworld_coarse": dict(
             backup="sparse",
             laplace=0.01,
@@ -123,6 +150,7 @@ class OnlineQEstimator(Transform):
             check_every=4,
             warm_start=True,
             abstraction_radius="auto",
+            **_PAPER_RULES,
         ),
     }
 
@@ -138,6 +166,8 @@ class OnlineQEstimator(Transform):
         warm_start: bool = False,
         feature_scale: float = 10.0,
         write_q_values: bool = False,
+        reward_model: str = "transition",
+        restart_features: str = "cached",
         exploration_bonus: float = 0.0,
         abstraction: StateAbstraction | None = None,
         abstraction_radius: float | str | None = None,
@@ -162,6 +192,8 @@ class OnlineQEstimator(Transform):
         self.warm_start = bool(warm_start)
         self.feature_scale = check_float("feature_scale", feature_scale, low=0.0, low_inclusive=False)
         self.write_q_values = bool(write_q_values)
+        self.reward_model = check_choice("reward_model", reward_model, REWARD_MODELS)
+        self.restart_features = check_choice("restart_features", restart_features, RESTART_FEATURES)
         self.exploration_bonus = check_float("exploration_bonus", exploration_bonus, low=0.0)
         self.n_states = None if n_states is None else check_int("n_states", n_states, low=1)
         if dtype not in (torch.float16, torch.bfloat16, torch.float32, torch.float64):
@@ -246,7 +278,7 @@ class OnlineQEstimator(Transform):
         return self._config
 
     def _make_model(self, n_states: int, n_actions: int):
-        common = dict(laplace=self.laplace, gamma=self.gamma, dtype=self.dtype)
+        common = dict(laplace=self.laplace, gamma=self.gamma, dtype=self.dtype, reward_model=self.reward_model)
         if self.backup == "dense":
             return DenseCountModel(n_states, n_actions, **common)
         abstraction = self.abstraction
@@ -320,6 +352,8 @@ class OnlineQEstimator(Transform):
             warm_start=self.warm_start,
             bonus=self.exploration_bonus,
         )
+        if self.restart_features == "cached":
+            model.remember(reached, current)
         return self._write(next_tensordict, current)
 
     def _states(self, tensordict, key, argument, config, check=True) -> torch.Tensor:
@@ -336,7 +370,10 @@ class OnlineQEstimator(Transform):
         return states
 
     def _write(self, tensordict: TensorDictBase, states: torch.Tensor) -> TensorDictBase:
-        q = self.model.state_values(states)
+        if self.restart_features == "cached":
+            q = self.model.shown_values(states)
+        else:
+            q = self.model.state_values(states)
         value = q.amax(-1, keepdim=True)
         features = torch.cat([q - value, value, self.model.state_counts(states)], -1) / self.feature_scale
         shape, device = tensordict.shape, tensordict.device
