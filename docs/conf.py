@@ -110,6 +110,7 @@ API_MODULES = (
     "rl3_torchrl.modules",
     "rl3_torchrl.tasks",
     "rl3_torchrl.training",
+    "rl3_torchrl.study",
     "rl3_torchrl.collectors",
     "rl3_torchrl.evaluation",
     "rl3_torchrl.plotting",

@@ -58,12 +58,20 @@ def plot_training_curves(
     return fig
 
 
-def plot_return_vs_horizon(rows: Sequence[dict], value: str = "normalized_mean", ood_tasks: Sequence[str] = ()):
+def plot_return_vs_horizon(
+    rows: Sequence[dict],
+    value: str = "normalized_mean",
+    ood_tasks: Sequence[str] = (),
+    reference_methods: Sequence[str] = (),
+):
     """Return vs ``H``: one colour per method, solid in-distribution, dashed for the tasks in ``ood_tasks``.
 
     Args:
         rows: dicts with ``method``, ``task``, ``horizon``, ``value`` and ``value`` + ``_stderr`` minus ``_mean``
             (as written by ``recipes/evaluate.py``).
+        value (str): the column drawn.
+        ood_tasks: the tasks drawn dashed.
+        reference_methods: methods drawn as thin grey reference lines without error bars (e.g. baselines).
 
     Examples:
         >>> rows = [{"method": "random", "task": t, "horizon": h, "normalized_mean": 0.4, "normalized_stderr": 0.01}
@@ -76,21 +84,57 @@ def plot_return_vs_horizon(rows: Sequence[dict], value: str = "normalized_mean",
     fig, ax = plt.subplots(figsize=(5.5, 4))
     methods = list(dict.fromkeys(r["method"] for r in rows))
     colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
-    for i, method in enumerate(methods):
+    learned = [m for m in methods if m not in reference_methods]
+    references = [m for m in methods if m in reference_methods]
+    for method in methods:
+        reference = method in reference_methods
+        if reference:
+            colour = plt.cm.Greys(0.35 + 0.55 * references.index(method) / max(1, len(references) - 1))
+        else:
+            colour = colours[learned.index(method) % len(colours)]
         for task in dict.fromkeys(r["task"] for r in rows if r["method"] == method):
             runs = [r for r in rows if (r["method"], r["task"]) == (method, task)]
             pts = sorted((r["horizon"], r[value], r.get(stderr, 0.0)) for r in runs)
             h, y, e = zip(*pts)
             ood = task in ood_tasks
             ax.errorbar(
-                h, y, yerr=e, color=colours[i % len(colours)], linestyle="--" if ood else "-", marker="o",
-                label=f"{method} ({'OOD' if ood else 'in-dist'}: {task})", capsize=2,
+                h, y, yerr=None if reference else e, color=colour, linestyle="--" if ood else "-",
+                marker="." if reference else "o", linewidth=0.8 if reference else 1.5, capsize=2,
+                label=f"{method} ({'OOD' if ood else 'in-dist'}: {task})",
             )
     ax.set_xscale("log", base=2)
     ax.set_xlabel("meta-episode length H")
     ax.set_ylabel("oracle-normalised return" if value == "normalized_mean" else value)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
+    fig.tight_layout()
+    return fig
+
+
+def plot_learning_curves(curves: dict, *, panel=None, ylabel: str = "held-out oracle-normalised return"):
+    """Learning curves against frames with a ±SE band: ``{label: (frames, mean, se)}``; returns the figure.
+
+    Args:
+        curves (dict): per label, three sequences of equal length.
+        panel (callable, optional): ``label -> panel title``; curves with the same title share a panel.
+
+    Examples:
+        >>> fig = plot_learning_curves({"rl3 (H=8)": ([10, 20], [0.5, 0.6], [0.01, 0.02])})
+        >>> fig.axes[0].get_xlabel()
+        'frames'
+    """
+    titles = list(dict.fromkeys(panel(label) if panel else "" for label in curves))
+    fig, axes = plt.subplots(1, len(titles), figsize=(5 * len(titles), 3.6), squeeze=False)
+    for label, (frames, mean, se) in curves.items():
+        ax = axes[0][titles.index(panel(label) if panel else "")]
+        lo = [m - e for m, e in zip(mean, se)]
+        hi = [m + e for m, e in zip(mean, se)]
+        (line,) = ax.plot(frames, mean, label=label)
+        ax.fill_between(frames, lo, hi, color=line.get_color(), alpha=0.25)
+    for ax, title in zip(axes[0], titles):
+        ax.set(title=title, xlabel="frames", ylabel=ylabel)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
     fig.tight_layout()
     return fig
 

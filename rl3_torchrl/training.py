@@ -149,7 +149,13 @@ def validate_config(cfg: DictConfig) -> None:
         )
 
 
-def _flat(cfg: DictConfig) -> dict:
+def flat_config(cfg) -> dict:
+    """A configuration tree as one ``{"dotted.key": value}`` dict (lists stay values).
+
+    Examples:
+        >>> flat_config(OmegaConf.create({"ppo": {"lr": 0.1}, "seed": 0}))
+        {'ppo.lr': 0.1, 'seed': 0}
+    """
     flat = {}
 
     def walk(node, prefix):
@@ -160,7 +166,7 @@ def _flat(cfg: DictConfig) -> dict:
             else:
                 flat[name] = value
 
-    walk(OmegaConf.to_container(cfg, resolve=True), "")
+    walk(OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else cfg, "")
     return flat
 
 
@@ -320,7 +326,7 @@ class Trainer:
         base = self.env.base_env
         log_files = sorted(self.log_dir().glob("scalars/*.csv")) if self.cfg.logger.backend == "csv" else []
         return {
-            "config": _flat(self.cfg),
+            "config": flat_config(self.cfg),
             "iteration": self.iteration,
             "actor": self.actor.state_dict(),
             "critic": self.critic.state_dict(),
@@ -345,7 +351,7 @@ class Trainer:
             raise CheckpointError(
                 f"checkpoint.resume=true but there is no checkpoint at {str(self.checkpoint_path)!r}."
             )
-        return load_checkpoint(self.checkpoint_path, expected_config=_flat(self.cfg), ignore=RESUMABLE_KEYS)
+        return load_checkpoint(self.checkpoint_path, expected_config=flat_config(self.cfg), ignore=RESUMABLE_KEYS)
 
     def save(self) -> Path:
         """Write the checkpoint of the current iteration atomically."""
