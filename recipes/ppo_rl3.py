@@ -31,18 +31,19 @@ def main(argv=None):
     print(OmegaConf.to_yaml(cfg))
     trainer = Trainer(cfg)
     history = trainer.train()
-    random = evaluate_baseline(
-        "random", cfg.env, horizon=trainer.horizon, num_tasks=cfg.eval.num_tasks, seed=cfg.seed, device=cfg.device
-    )
-    print(f"random policy on the held-out tasks: return {random['return_mean']:.2f} ± {random['return_stderr']:.2f}")
     evaluated = [row for row in history if "eval_return" in row]
     if evaluated:
-        first, last = history[0], evaluated[-1]
-        print(f"first training batch return: {first['return']:.2f}")
-        print(
-            f"{cfg.algo} after {trainer.iteration} iterations: held-out return {last['eval_return']:.2f} "
-            f"(oracle-normalised {last['eval_normalized_return']:.3f})"
-        )
+        last = evaluated[-1]
+        print(f"first training batch return: {history[0]['return']:.2f}")
+        print(f"on {cfg.eval.num_tasks} held-out tasks (return, oracle-normalised):")
+        print(f"  {cfg.algo} after {trainer.iteration} iterations: {last['eval_return']:.2f} ± "
+              f"{last['eval_return_stderr']:.2f} ({last['eval_normalized_return']:.3f})")
+        # what was learned: the same tasks played by a random policy and by greedy action on RL³'s own Q features
+        for name in ("random", "greedy_q"):
+            base = evaluate_baseline(name, cfg.env, horizon=trainer.horizon, num_tasks=cfg.eval.num_tasks,
+                                     seed=cfg.seed, device=cfg.device)
+            print(f"  {name}: {base['return_mean']:.2f} ± {base['return_stderr']:.2f} "
+                  f"({base['normalized_mean']:.3f})")
     if cfg.logger.backend == "csv" and history:
         figure = trainer.output_dir / "training_curves.png"
         plot_training_curves({cfg.algo: trainer.log_dir()}).savefig(figure, dpi=100)

@@ -20,6 +20,7 @@ import os
 import platform
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -216,16 +217,33 @@ def train_cell(cell: Cell, threads: int = 1) -> dict:
     return record
 
 
+def _exit_with_parent(parent: int) -> None:
+    """Pool initializer: end this worker once the study process is gone (killed), instead of training on as an
+    orphan beside the study that resumes the same cell; the cell keeps its last checkpoint."""
+
+    def watch():
+        while os.getppid() == parent:
+            time.sleep(2)
+        os._exit(1)
+
+    threading.Thread(target=watch, daemon=True).start()
+
+
 def train_study(study: DictConfig, root, *, workers: int = 1, algos: Sequence[str] | None = None) -> list[Cell]:
     """Train every unfinished cell, ``workers`` at a time (separate processes, one torch thread each).
 
-    Cells with a finished checkpoint are skipped; partly trained ones resume. Returns the cells trained.
+    Cells with a finished checkpoint are skipped; partly trained ones resume. Cells start in the order
+    (H, seed, algorithm), so that a study stopped part-way has whole seeds of every algorithm at the smaller H.
+    Returns the cells trained.
     """
     workers = check_int("workers", workers, low=1)
     pending = [c for c in study_cells(study, root, algos=algos) if c.status() != "done"]
+    pending.sort(key=lambda c: (c.horizon, c.seed, list(study.algos).index(c.algo)))
     if not pending:
         return []
-    with ProcessPoolExecutor(workers, mp_context=get_context("spawn")) as pool, tqdm(
+    with ProcessPoolExecutor(
+        workers, mp_context=get_context("spawn"), initializer=_exit_with_parent, initargs=(os.getpid(),)
+    ) as pool, tqdm(
         total=len(pending), desc=f"{study.name}: training cells"
     ) as bar:
         futures = {pool.submit(train_cell, cell): cell for cell in pending}

@@ -466,7 +466,11 @@ class Trainer:
             seed=self.cfg.seed,
             device=self.device,
         )
-        return {"eval_return": result["return_mean"], "eval_normalized_return": result["normalized_mean"]}
+        return {
+            "eval_return": result["return_mean"],
+            "eval_return_stderr": result["return_stderr"],
+            "eval_normalized_return": result["normalized_mean"],
+        }
 
     def _log(self, row: dict) -> None:
         if self.logger is None:

@@ -216,3 +216,14 @@ def test_missing_logger_package_is_named(tmp_path):
         pytest.skip("tensorboard is installed here: nothing is missing")
     with pytest.raises(ImportError, match=r"logger.backend='tensorboard' needs .*rl3_torchrl\[loggers\]"):
         Trainer(_config(tmp_path, "logger.backend=tensorboard")).train()
+
+
+def test_recipe_prints_the_baselines_on_the_same_tasks(tmp_path, capsys):
+    from rl3_torchrl.evaluation import evaluate_baseline
+
+    _recipe().main([*TINY, "env=bandit", f"output_dir={tmp_path}"])
+    out = capsys.readouterr().out
+    for name in ("random", "greedy_q"):
+        expected = evaluate_baseline(name, "bandit", horizon=6, num_tasks=2, seed=0)
+        assert f"  {name}: {expected['return_mean']:.2f} ± {expected['return_stderr']:.2f}" in out
+    assert "rl3 after 2 iterations" in out
