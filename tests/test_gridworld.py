@@ -145,7 +145,8 @@ def test_generator_invariants(preset):
     assert ((flat == DANGER).sum(1) == gen.n_dangers).all()
     assert ((flat == WARNING).sum(1) == 4 * gen.n_dangers).all()
     assert ((flat == OBSTACLE).sum(1) <= gen.n_obstacles * gen.obstacle_length).all()
-    assert ((flat == OBSTACLE).sum(1) >= gen.obstacle_length - 1).all()
+    if gen.layout == "ours":  # obstacles go last there; in the paper's layout water, goal and warnings overwrite them
+        assert ((flat == OBSTACLE).sum(1) >= gen.obstacle_length - 1).all()
     assert ((flat == WATER).sum(1) <= gen.n_water * gen.water_length).all()
     padded = torch.nn.functional.pad(tiles, (1, 1, 1, 1), value=-1)
     b, r, col = (tiles == DANGER).nonzero(as_tuple=True)
@@ -172,6 +173,92 @@ def test_grid_values_rejected_candidates_match_numpy():
         assert v == pytest.approx(float(values[i]), abs=1e-3)
         placed = int((tiles[i] == GOAL).sum()) == 1 and int((tiles[i] == DANGER).sum()) == 2
         assert bool(valid[i]) == (placed and 50 <= v <= 100)
+
+
+def paper_segment_coverage(N, length):
+    """P(one segment of the paper's rules covers cell (r, c)), ``[N, N]``, by enumerating its placements."""
+    centre, p = N // 2, np.zeros((N, N))
+    for vertical in (True, False):
+        for a1 in range(N):
+            directions = [1] if a1 < centre else [-1] if a1 > centre else [1, -1]
+            for d in directions:
+                for other in range(N):
+                    for k in range(length):
+                        r, c = (a1 + d * k, other) if vertical else (other, a1 + d * k)
+                        p[r, c] += 0.5 / N / N / len(directions)
+    return p
+
+
+def expected_water_cells(N, n_obstacles, obstacle_length, n_water, water_length, goal_min_distance):
+    """The exact mean number of water cells of a candidate grid under the paper's rules (before acceptance).
+
+    A cell is water iff some water segment covers it (water goes on last) and neither the start (the centre) nor
+    the goal (uniform over the far cells, independent of the segments) was put there; dangers and warnings never
+    land on water.
+    """
+    water = 1 - (1 - paper_segment_coverage(N, water_length)) ** n_water
+    rows, cols = np.indices((N, N))
+    far = np.abs(rows - N // 2) + np.abs(cols - N // 2) >= goal_min_distance
+    water[N // 2, N // 2] = 0.0
+    return water.sum() - water[far].mean()
+
+
+def numpy_paper_grid(rng, N=13, n_obstacles=11, obstacle_length=3, n_water=5, water_length=2, n_dangers=2,
+                     goal_min_distance=8):  # fmt: skip
+    """One candidate grid drawn by the paper's rules with plain numpy, one decision at a time."""
+    grid, centre = np.full((N, N), EMPTY), N // 2
+    for n, length, code in ((n_obstacles, obstacle_length, OBSTACLE), (n_water, water_length, WATER)):
+        for _ in range(n):
+            vertical, a1, other = rng.random() < 0.5, rng.integers(N), rng.integers(N)
+            d = 1 if a1 < centre else -1 if a1 > centre else rng.choice([-1, 1])
+            for k in range(length):
+                grid[(a1 + d * k, other) if vertical else (other, a1 + d * k)] = code
+    grid[centre, centre] = START
+    far = [(r, c) for r in range(N) for c in range(N) if abs(r - centre) + abs(c - centre) >= goal_min_distance]
+    grid[far[rng.integers(len(far))]] = GOAL
+    for _ in range(n_dangers):
+        for _ in range(100_000):  # draw an interior cell until it qualifies
+            r, c = rng.integers(1, N - 1, size=2)
+            around = [(r - 1, c), (r + 1, c), (r, c - 1), (r, c + 1)]
+            if grid[r, c] == EMPTY and all(grid[x] in (EMPTY, OBSTACLE) for x in around):
+                break
+        grid[r, c] = DANGER
+        for x in around:
+            grid[x] = WARNING
+    return grid
+
+
+def test_paper_layout_tile_counts_match_the_rules():
+    """Mean tile counts of 2000 candidate grids (before the acceptance filter) against figures derived from the
+    rules: the exact mean of water cells, and an independent numpy Monte Carlo of 6000 grids for the obstacles."""
+    gen = GridGenerator()  # the paper's 13×13 family
+    tiles, _ = gen.candidates(2000, torch.Generator().manual_seed(11), "cpu")
+    n_water, n_obstacle = (tiles == WATER).sum(1).double().numpy(), (tiles == OBSTACLE).sum(1).double().numpy()
+    rng = np.random.default_rng(0)
+    reference = np.stack([numpy_paper_grid(rng) for _ in range(6000)])
+    ref_water = (reference == WATER).sum((1, 2)).astype(float)
+    ref_obstacle = (reference == OBSTACLE).sum((1, 2)).astype(float)
+    exact_water = expected_water_cells(13, 11, 3, 5, 2, 8)
+
+    def se(x):
+        return x.std(ddof=1) / np.sqrt(len(x))
+
+    assert abs(n_water.mean() - exact_water) < 4 * se(n_water), (n_water.mean(), exact_water)
+    assert abs(ref_water.mean() - exact_water) < 4 * se(ref_water)  # the Monte Carlo agrees with the exact figure
+    tolerance = 4 * np.hypot(se(n_obstacle), se(ref_obstacle))
+    assert abs(n_obstacle.mean() - ref_obstacle.mean()) < tolerance, (n_obstacle.mean(), ref_obstacle.mean())
+    # every rule-fixed count is exact, and the layout is really the paper's (ours has ≈ 7.8 water, 29.9 obstacles)
+    for code, count in ((START, 1), (GOAL, 1), (DANGER, 2), (WARNING, 8)):
+        assert bool(((tiles == code).sum(1) == count).all()) and bool(((reference == code).sum((1, 2)) == count).all())
+    assert abs(exact_water - 7.8) > 1.0
+
+
+def test_our_layout_reproduces_the_previous_generator():
+    """``layout="ours"``: the grids of this project's first generator (a checksum of 16 grids per size, recorded
+    from it before the paper's layout was added)."""
+    for size, checksum in ((11, 119920), (13, 180029)):
+        tiles = GridGenerator(size=size, layout="ours").sample(16, torch.Generator().manual_seed(0))
+        assert int((tiles * torch.arange(size * size)).sum()) == checksum
 
 
 def test_corner_goals_and_presets():
@@ -215,7 +302,7 @@ def test_slip_frequencies(slip, water_slip):
 
 
 def test_task_mdp_matches_dynamics_and_numpy():
-    source = GridworldEnv(num_envs=1, size=11, seed=3)
+    source = GridworldEnv(num_envs=1, size=11, seed=3, layout="ours")  # a grid whose random walks cover > 50 cells
     source.reset()
     one = source.tiles()[0]
     mdp = source.task_mdp()
@@ -348,6 +435,8 @@ def test_partial_reset_regenerates_only_masked_rows():
         ({"n_dangers": -1}, ValueError, "n_dangers"),
         ({"max_rounds": 0}, ValueError, "max_rounds"),
         ({"horizon": 0}, ValueError, "horizon"),
+        ({"layout": "authors"}, ValueError, r"layout='authors' is not allowed; choose one of \['paper', 'ours'\]"),
+        ({"size": 5, "obstacle_length": 4}, ValueError, r"obstacle_length=4 does not fit layout='paper'.*\[1, 3\]"),
     ],
 )
 def test_bad_arguments(kwargs, error, match):

@@ -721,6 +721,24 @@ def test_random_mdp_preset_matches_the_brute_force_paper_rules():
     assert seen["restart_cached"] >= 10, seen
 
 
+def test_gridworld_preset_matches_the_brute_force_paper_rules():
+    """The sparse model (states known in order of discovery, terminal goal and danger) under the paper's rules."""
+    est = OnlineQEstimator.from_preset("gridworld", dtype=torch.float64, tol=1e-12, max_sweeps=100000)
+    _, rollout = small_grid_rollout(est, steps=30, num_envs=2)
+    restarts = 0
+    for b in range(2):
+        ref = PaperBruteForce(25, 5, laplace=0.01, gamma=0.95, tol=1e-12, sparse=True)
+        ref.discover(int(rollout["state"][b, 0]))
+        for t in range(rollout.shape[1]):
+            nxt = rollout["next"][b, t]
+            s, a = int(rollout["state"][b, t]), int(rollout["action"][b, t])
+            reached, shown = int(nxt["reached_state"]), int(nxt["state"])
+            expected = ref.step(s, a, float(nxt["reward"]), reached, bool(nxt["inner_terminated"]), shown)
+            np.testing.assert_allclose(nxt["q_features"].numpy(), expected, atol=1e-7, err_msg=f"row {b} step {t}")
+            restarts += shown != reached
+    assert restarts >= 2
+
+
 def test_our_conventions_reproduce_the_previous_estimator():
     """``reward_model="pair", restart_features="fresh"``: the per-(s, a) mean reward and fresh restart values."""
     est = OnlineQEstimator.from_preset("random_mdp", dtype=torch.float64, **OURS)

@@ -31,8 +31,9 @@ class GridworldEnv(MetaTaskEnv):
     then stays and pays its own tile's reward again (noop likewise). A move slips to one of its two perpendicular
     moves (50/50) with probability ``slip`` when leaving a dry tile and ``water_slip`` when leaving water; noop never
     slips. Inner episodes end only at a goal or a danger, after which the agent restarts at the centre; a
-    meta-episode lasts ``horizon`` steps. The defaults are the paper's 13×13 family; :attr:`PRESETS` adds 11×11
-    and the 13×13 out-of-distribution shifts.
+    meta-episode lasts ``horizon`` steps. The defaults are the paper's 13×13 family (the paper's settings,
+    including the authors' grid layout rules); :attr:`PRESETS` adds 11×11 and the 13×13 out-of-distribution
+    shifts, all with the paper's layout (pass ``layout="ours"`` for this project's first generator).
 
     Args:
         num_envs (int): the number of grids held at once.
@@ -44,7 +45,9 @@ class GridworldEnv(MetaTaskEnv):
         **generator_kwargs: the task distribution, passed to
             :class:`~rl3_torchrl.envs.gridworld_generator.GridGenerator`: ``size`` (default 13), ``n_obstacles``,
             ``obstacle_length``, ``n_water``, ``water_length``, ``n_dangers``, ``goal_min_distance``, ``slip``,
-            ``water_slip``, ``return_window``, ``acceptance_horizon``, ``max_rounds``, ``max_candidates``.
+            ``water_slip``, ``return_window``, ``acceptance_horizon``, ``max_rounds``, ``max_candidates`` and
+            ``layout`` (``"paper"``, the default: the authors' order and placement of segments, goal and dangers;
+            ``"ours"``: this project's first generator).
 
     Output keys: those of :class:`~rl3_torchrl.envs.MetaTaskEnv`, with ``observation`` = ``(row / N, col / N)`` of
     the current cell and ``state`` = ``row * N + col``.

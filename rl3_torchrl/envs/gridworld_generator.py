@@ -29,7 +29,7 @@ import math
 
 import torch
 
-from rl3_torchrl._validation import check_float, check_int
+from rl3_torchrl._validation import check_choice, check_float, check_int
 
 EMPTY, START, OBSTACLE, WATER, WARNING, DANGER, GOAL = range(7)
 TILE_NAMES = ("empty", "start", "obstacle", "water", "warning", "danger", "goal")
@@ -42,8 +42,11 @@ TERMINAL_TILES = (DANGER, GOAL)
 # The parameters that define a grid distribution (GridGenerator's arguments, besides the rejection budget).
 GENERATOR_PARAMETERS = (
     "size", "n_obstacles", "obstacle_length", "n_water", "water_length", "n_dangers", "goal_min_distance",
-    "slip", "water_slip", "return_window", "acceptance_horizon",
+    "slip", "water_slip", "return_window", "acceptance_horizon", "layout",
 )  # fmt: skip
+#: How segments, the goal and the dangers are placed: ``"paper"`` (the authors' rules) or ``"ours"`` (this
+#: project's first generator); see :class:`GridGenerator`.
+LAYOUTS = ("paper", "ours")
 
 N_MOVES = 5
 MOVE_OFFSETS = ((0, 0), (-1, 0), (0, 1), (1, 0), (0, -1))  # (d_row, d_col) of noop, N, E, S, W
@@ -180,16 +183,26 @@ def grid_values(
 class GridGenerator:
     """Draws batches of procedurally generated grids by batched rejection sampling.
 
-    A candidate grid is built layer by layer: ``n_water`` water segments, then ``n_obstacles`` obstacle segments
-    (each a horizontal or vertical line, orientation 50/50, placed uniformly among the positions where the whole
-    segment fits on the grid, i.e. segments leaving the grid are rejected, never clipped; later segments
-    overwrite earlier ones), the centre cell becomes the start; the goal is uniform over the empty or water cells
-    at Manhattan distance ≥ ``goal_min_distance`` from the centre; then each of the ``n_dangers`` dangers is
-    uniform over the non-border empty cells whose 4 neighbours are empty, becomes ``X`` and its 4 neighbours
-    become warnings ``!``. A candidate is kept when every placement succeeded and the optimal undiscounted return
-    of one inner episode of ``acceptance_horizon`` steps from the start (:func:`grid_values`) lies in
-    ``return_window``. Rounds of candidates are generated until enough grids are kept; after ``max_rounds`` a
-    ``RuntimeError`` names the parameters.
+    With ``layout="paper"`` (the default: the paper's settings, the order and placement of the authors' code) a
+    candidate grid is built as follows. First the ``n_obstacles`` obstacle segments, then the ``n_water`` water
+    segments (water overwrites obstacles). Each segment is vertical or horizontal with probability ½; its
+    coordinate along the segment, ``a1``, is uniform over ``0 … N−1`` and the segment extends ``L − 1`` cells from
+    ``a1`` *towards the centre line* (a random direction when ``a1`` is the centre line), so it always fits; the
+    other coordinate is uniform over ``0 … N−1``. Then the centre cell becomes the start; the goal is uniform over
+    *all* cells at Manhattan distance ≥ ``goal_min_distance`` from the centre, whatever tile was there; then each
+    of the ``n_dangers`` dangers is uniform over the interior cells (``1 … N−2`` in both coordinates) that are empty
+    and whose 4 neighbours are empty or obstacles (the authors redraw an interior cell until it qualifies, which is
+    the same distribution); it becomes ``X`` and its 4 neighbours become warnings ``!`` (overwriting obstacles).
+
+    With ``layout="ours"`` (this project's first generator): the water segments first, then the obstacle segments
+    (obstacles overwrite water), each placed uniformly among the positions where the whole segment fits; the goal
+    is uniform over the empty or water cells far enough from the centre; a danger needs an empty interior cell
+    whose 4 neighbours are empty.
+
+    Either way a candidate is kept when every placement succeeded and the optimal undiscounted return of one
+    inner episode of ``acceptance_horizon`` steps from the start (:func:`grid_values`) lies in ``return_window``.
+    Rounds of candidates are generated until enough grids are kept; after ``max_rounds`` a ``RuntimeError`` names
+    the parameters.
 
     Args:
         size (int): ``N``, the side of the grid (``N * N`` states), default 13.
@@ -208,6 +221,8 @@ class GridGenerator:
         acceptance_horizon (int): default 100.
         max_rounds (int): rounds of rejection sampling before a reset gives up with an error, default 20.
         max_candidates (int): the largest number of candidate grids drawn in one round, default 4096.
+        layout (str): ``"paper"`` (default) or ``"ours"``, see above (:data:`LAYOUTS`). With ``"paper"`` a segment
+            length may be at most ``N − N // 2`` (the room from the centre line to the far edge).
 
     Examples:
         >>> gen = GridGenerator(size=11)
@@ -232,13 +247,24 @@ class GridGenerator:
         acceptance_horizon: int = 100,
         max_rounds: int = 20,
         max_candidates: int = 4096,
+        layout: str = "paper",
     ):
+        self.layout = check_choice("layout", layout, LAYOUTS)
         self.size = check_int("size", size, low=3)
         self.n_obstacles = check_int("n_obstacles", n_obstacles, low=0)
         self.obstacle_length = check_int("obstacle_length", obstacle_length, low=1, high=size)
         self.n_water = check_int("n_water", n_water, low=0)
         self.water_length = check_int("water_length", water_length, low=1, high=size)
         self.n_dangers = check_int("n_dangers", n_dangers, low=0)
+        room = size - size // 2
+        for name, count, length in (("obstacle_length", n_obstacles, obstacle_length), ("water_length", n_water,
+                                                                                        water_length)):
+            if self.layout == "paper" and count > 0 and length > room:
+                raise ValueError(
+                    f"{name}={length!r} does not fit layout='paper' on a {size}x{size} grid: a segment grows from "
+                    f"the centre line towards an edge, so it may have at most {room} cells; allowed: [1, {room}] "
+                    "(or layout='ours')."
+                )
         far = max_goal_distance(size)
         if isinstance(goal_min_distance, int) and goal_min_distance > far:
             raise ValueError(
@@ -292,23 +318,26 @@ class GridGenerator:
     def candidates(self, count: int, generator: torch.Generator, device) -> tuple[torch.Tensor, torch.Tensor]:
         """One round: ``count`` candidate grids ``[count, N * N]`` and whether each is valid ``[count]``."""
         N = self.size
+        paper = self.layout == "paper"
         tiles = torch.full((count, N * N), EMPTY, dtype=torch.long, device=device)
         layers = ((self.n_water, self.water_length, WATER), (self.n_obstacles, self.obstacle_length, OBSTACLE))
-        for n_segments, length, code in layers:
-            cells = self._segments(count, n_segments, length, generator, device)
+        for n_segments, length, code in layers[::-1] if paper else layers:
+            segments = self._paper_segments if paper else self._segments
+            cells = segments(count, n_segments, length, generator, device)
             tiles.scatter_(1, cells, code)
         tiles[:, centre_cell(N)] = START
         rows = torch.arange(N, device=device).repeat_interleave(N)
         cols = torch.arange(N, device=device).repeat(N)
         distance = (rows - N // 2).abs() + (cols - N // 2).abs()
         far = (distance >= self.goal_min_distance).view(1, -1)
-        valid = self._place(tiles, far & ((tiles == EMPTY) | (tiles == WATER)), GOAL, generator)
+        valid = self._place(tiles, far.expand(count, -1) if paper else far & ((tiles == EMPTY) | (tiles == WATER)), GOAL, generator)
         interior = ((rows > 0) & (rows < N - 1) & (cols > 0) & (cols < N - 1)).view(1, -1)
         ring = neighbour_table(N, device)[:, 1:]  # the 4 neighbours of each cell
         for _ in range(self.n_dangers):
             empty = tiles == EMPTY
-            ringed = empty & empty[:, ring].all(-1) & interior
-            valid &= self._place(tiles, ringed, DANGER, generator, ring)
+            around = tiles[:, ring]
+            clear = ((around == EMPTY) | (around == OBSTACLE)) if paper else (around == EMPTY)
+            valid &= self._place(tiles, empty & clear.all(-1) & interior, DANGER, generator, ring)
         value = grid_values(tiles, N, self.acceptance_horizon, self.slip, self.water_slip)[:, centre_cell(N)]
         low, high = self.return_window
         valid &= (value >= low) & (value <= high)
@@ -324,6 +353,20 @@ class GridGenerator:
         step = torch.arange(length, device=device)
         row = torch.where(vertical, along + step, across)
         col = torch.where(vertical, across, along + step)
+        return (row * N + col).view(count, -1)
+
+    def _paper_segments(self, count, n_segments, length, generator, device) -> torch.Tensor:
+        """``[count, n_segments * length]`` cell indices of segments grown from ``a1`` towards the centre line."""
+        N, centre = self.size, self.size // 2
+        shape = (count, n_segments, 1)
+        vertical = torch.rand(shape, generator=generator, device=device) < 0.5
+        start = torch.randint(0, N, shape, generator=generator, device=device)
+        across = torch.randint(0, N, shape, generator=generator, device=device)
+        coin = torch.randint(0, 2, shape, generator=generator, device=device) * 2 - 1  # used on the centre line
+        direction = torch.where(start < centre, 1, torch.where(start > centre, -1, coin))
+        along = start + direction * torch.arange(length, device=device)
+        row = torch.where(vertical, along, across)
+        col = torch.where(vertical, across, along)
         return (row * N + col).view(count, -1)
 
     @staticmethod
