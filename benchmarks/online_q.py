@@ -9,7 +9,11 @@ For the 13×13 gridworlds it also runs both estimators with value iteration cut 
 "one-sweep floor": everything the estimator does besides iterating). The floor of the coarse variant against the
 real fine pipeline bounds the coarse/fine ratio that any faster value iteration for the coarse model could give.
 
-Run: ``python benchmarks/online_q.py`` (``--repeats``, ``--threads``; ``--quick`` for a smoke run).
+With ``--ours`` it also runs the random-MDP and fine 13×13 estimators under this project's earlier conventions
+(``reward_model="pair", restart_features="fresh"``) against the presets' paper rules, to show what the paper's
+per-transition reward estimate and cached restart features cost per step.
+
+Run: ``python benchmarks/online_q.py`` (``--repeats``, ``--threads``, ``--ours``; ``--quick`` for a smoke run).
 """
 from __future__ import annotations
 
@@ -77,20 +81,26 @@ def main():
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--threads", type=int, default=1, help="torch threads (the 2-core VMs are shared)")
     parser.add_argument("--quick", action="store_true", help="short meta-episodes, one repeat")
+    parser.add_argument("--ours", action="store_true", help="also time our earlier conventions (pair, fresh)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     repeats = 1 if args.quick else args.repeats
     short = 40 if args.quick else None
     print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, repeats {repeats}")
 
+    ours = dict(reward_model="pair", restart_features="fresh")
     cases = []
     for B in (64, 1024):
         base = RandomMDPEnv(num_envs=B, horizon=short or 512, seed=0, validate_actions=False)
         cases.append((f"mdp B={B}", base, "random_mdp", {}))
+        if args.ours:
+            cases.append((f"mdp B={B} ours", base, "random_mdp", ours))
     grid = GridworldEnv.from_preset("13x13", num_envs=96, seed=0, validate_actions=False)
     if short:
         grid = GridworldEnv.from_preset("13x13", num_envs=96, seed=0, validate_actions=False, horizon=short)
     cases.append(("grid13 B=96", grid, "gridworld", {}))
+    if args.ours:
+        cases.append(("grid13 B=96 ours", grid, "gridworld", ours))
     cases.append(("grid13 B=96 coarse", grid, "gridworld_coarse", {}))
     one_sweep = dict(max_sweeps=1, tol=None)
     cases.append(("grid13 B=96 1-sweep", grid, "gridworld", one_sweep))
@@ -115,7 +125,7 @@ def main():
             f"RL³ {statistics.median(slow) / 1e3:8.1f}k (best {max(slow) / 1e3:.1f}k) env-steps/s  "
             f"RL³/RL² {statistics.median(slow) / statistics.median(fast):.3f}{verdict}"
         )
-        if preset.startswith("gridworld") and not kwargs:
+        if preset.startswith("gridworld") and kwargs.get("max_sweeps") is None:
             print(describe_sweeps(sweeps))
             known, edges, untried, value = map(statistics.mean, zip(*sizes))
             print(f"    model at the end of a meta-episode: {known:.1f} known states, {edges:.1f} distinct "
