@@ -3,6 +3,8 @@
     python recipes/evaluate.py --task random_mdp --horizons 32 64 128 --num-tasks 200
     python recipes/evaluate.py --task random_mdp --horizons 100 --checkpoints rl3=runs/random_mdp_rl3_s0/checkpoint.pt
     python recipes/evaluate.py --task gridworld_13x13 --methods random oracle greedy_q --num-tasks 100
+    python recipes/evaluate.py --methods random psrl opsrl ucrl2 beb eps_greedy greedy --horizons 100 500 \
+        --baseline-params ucrl2.scale=0.1 opsrl.num_samples=8   # Duan et al.'s baselines, tuned defaults overridden
     python recipes/evaluate.py --horizons 128 512 --checkpoints "rl3=runs/rl3_H{H}/checkpoint.pt"  # one model per H
 
 Every method sees the same test tasks. Writes ``results.csv``, ``results.md``, ``return_vs_horizon.png``,
@@ -12,6 +14,7 @@ gridworlds, ``value_map.png`` (one meta-episode with the online Q estimator's va
 from __future__ import annotations
 
 import argparse
+import ast
 import csv
 from functools import partial
 from pathlib import Path
@@ -21,9 +24,16 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from rl3_torchrl.evaluation import BASELINES, evaluate_actor, evaluate_baseline, return_vs_horizon  # noqa: E402
+from rl3_torchrl.evaluation import (  # noqa: E402
+    BASELINE_REGISTRY,
+    BASELINES,
+    baseline_policy,
+    evaluate_actor,
+    evaluate_baseline,
+    return_vs_horizon,
+)
 from rl3_torchrl.plotting import plot_return_vs_horizon, plot_training_curves, plot_value_map  # noqa: E402
-from rl3_torchrl.tasks import TASKS, task_family  # noqa: E402
+from rl3_torchrl.tasks import TASKS, make_task_env, task_family  # noqa: E402
 from rl3_torchrl.training import load_actor  # noqa: E402
 
 COLUMNS = ("method", "task", "horizon", "num_tasks", "return_mean", "return_stderr", "normalized_mean",
@@ -31,12 +41,16 @@ COLUMNS = ("method", "task", "horizon", "num_tasks", "return_mean", "return_stde
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    methods = "\n".join(f"  {name:13s} {spec.summary} {spec.params or ''}" for name, spec in BASELINE_REGISTRY.items())
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0], epilog="baselines:\n" + methods,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--task", default="random_mdp", choices=sorted(TASKS), help="in-distribution task")
     parser.add_argument("--in-distribution-only", action="store_true", help="skip the task's OOD presets")
     parser.add_argument("--horizons", type=int, nargs="+", default=[100])
     parser.add_argument("--methods", nargs="*", default=["random", "oracle", "greedy_q", "mbie_eb"],
                         choices=BASELINES)
+    parser.add_argument("--baseline-params", nargs="*", default=[], metavar="METHOD.NAME=VALUE",
+                        help="override a baseline's tuned hyper-parameter, e.g. beb.beta=0.5")
     parser.add_argument("--checkpoints", nargs="*", default=[], metavar="NAME=PATH",
                         help="trained actors to evaluate, e.g. rl3=runs/random_mdp_rl3_s0/checkpoint.pt; a {H} in "
                              "PATH is replaced by each horizon (one checkpoint per H)")
@@ -50,6 +64,17 @@ def parse_args(argv=None):
     bad = [c for c in args.checkpoints if "=" not in c]
     if bad:
         parser.error(f"--checkpoints takes NAME=PATH pairs, got {bad}")
+    args.params = {}
+    for item in args.baseline_params:
+        method, _, assignment = item.partition(".")
+        key, equals, value = assignment.partition("=")
+        if not (equals and key) or method not in BASELINES:
+            parser.error(f"--baseline-params takes METHOD.NAME=VALUE with METHOD in {list(BASELINES)}, got {item!r}")
+        try:
+            value = ast.literal_eval(value)
+        except (ValueError, SyntaxError):
+            pass  # a plain string, e.g. estimate=empirical
+        args.params.setdefault(method, {})[key] = value
     return args
 
 
@@ -68,7 +93,7 @@ def main(argv=None):
     out.mkdir(parents=True, exist_ok=True)
     common = dict(num_tasks=args.num_tasks, batch_size=args.batch_size, seed=args.seed, device=args.device,
                   max_inner_episodes=50)
-    methods = {name: partial(evaluate_baseline, name, **common) for name in args.methods}
+    methods = {name: partial(evaluate_baseline, name, params=args.params.get(name), **common) for name in args.methods}
     log_dirs = {}
     for item in args.checkpoints:
         name, pattern = item.split("=", 1)
@@ -76,6 +101,9 @@ def main(argv=None):
             load_actor(pattern.format(H=horizon), task=args.task)
         methods[name] = partial(evaluate_checkpoint, pattern, args, common, log_dirs, name)
     tasks = [args.task] if args.in_distribution_only else task_family(args.task)
+    for name in args.methods:  # fail fast: a bad hyper-parameter, or a method that cannot run on a task
+        for task in tasks:
+            baseline_policy(name, make_task_env(task, 1), **args.params.get(name, {}))
     rows = return_vs_horizon(methods, tasks, args.horizons)
 
     with open(out / "results.csv", "w", newline="") as f:

@@ -20,6 +20,7 @@ from rl3_torchrl.envs import (
 from rl3_torchrl.evaluation import evaluate, evaluate_actor, evaluate_baseline, run_meta_episodes
 from rl3_torchrl.modules import (
     CausalTransformer,
+    ModelBasedPolicy,
     OraclePolicy,
     QGreedyPolicy,
     RandomPolicy,
@@ -39,6 +40,7 @@ __all__ = [
     "GridworldEnv",
     "MetaRLInputs",
     "MetaTaskEnv",
+    "ModelBasedPolicy",
     "OnlineQEstimator",
     "OraclePolicy",
     "QGreedyPolicy",

@@ -9,18 +9,119 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 
 import torch
 from torchrl.envs.utils import ExplorationType, set_exploration_type
 
-from rl3_torchrl._validation import check_choice, check_int
+from rl3_torchrl._validation import check_choice, check_float, check_int
 from rl3_torchrl.envs import oracle_return
+from rl3_torchrl.modules.bayesian import (
+    ModelBasedPolicy,
+    PosteriorMeanPlanner,
+    PosteriorSamplingPlanner,
+    TaskPrior,
+    UCRL2Planner,
+)
 from rl3_torchrl.modules.tabular import OraclePolicy, QGreedyPolicy, RandomPolicy
-from rl3_torchrl.tasks import make_meta_env
+from rl3_torchrl.tasks import make_meta_env, make_task_env
 
-BASELINES = ("random", "oracle", "greedy_q", "eps_greedy_q", "mbie_eb")
-# OnlineQEstimator overrides of the tabular baselines: MBIE-EB adds β / sqrt(N(s, a)) to the estimated rewards.
-_BASELINE_Q_OVERRIDES = {"mbie_eb": {"exploration_bonus": 1.0}}
+
+@dataclass(frozen=True)
+class Baseline:
+    """One row of :data:`BASELINE_REGISTRY`: how to build a baseline's policy and its tuned hyper-parameters.
+
+    Args:
+        summary (str): one line for ``--help`` and the docs.
+        make (callable): ``(env, seed, **params) -> policy``, called after every reset of the evaluation env.
+        params (dict): the hyper-parameters and their defaults (every accepted name).
+        check (callable): ``(base_env, **params) -> None``; raises ``ValueError`` on bad input, before any work.
+        algo (str): the env pipeline (``"rl2"``, or ``"rl3"`` for methods acting on the online ``q_values``).
+        q_overrides (callable, optional): ``params -> dict`` of :class:`~rl3_torchrl.transforms.OnlineQEstimator`
+            arguments (``"rl3"`` methods only).
+
+    Examples:
+        >>> BASELINE_REGISTRY["psrl"].algo, BASELINE_REGISTRY["ucrl2"].params
+        ('rl2', {'delta': 0.05, 'scale': 0.03})
+    """
+
+    summary: str
+    make: Callable
+    params: dict = field(default_factory=dict)
+    check: Callable = lambda env, **params: None
+    algo: str = "rl2"
+    q_overrides: Callable | None = None
+
+
+def _base(env):
+    return getattr(env, "base_env", env)
+
+
+def _check_epsilon(epsilon):
+    check_float("epsilon", epsilon, low=0.0, high=1.0)
+
+
+def _model_based(planner_cls, summary, epsilon=None, **defaults):
+    """A registry row for a :class:`~rl3_torchrl.modules.bayesian.ModelBasedPolicy` with ``planner_cls``."""
+    params = dict(defaults) if epsilon is None else {"epsilon": epsilon, **defaults}
+
+    def split(params):
+        return params.pop("epsilon", 0.0), params
+
+    def check(env, **params):
+        epsilon, params = split(dict(params))
+        _check_epsilon(epsilon)
+        planner_cls(**params)
+        TaskPrior.from_env(env)
+
+    def make(env, seed, **params):
+        epsilon, params = split(dict(params))
+        return ModelBasedPolicy.from_env(env, planner_cls(**params), epsilon=epsilon, seed=seed)
+
+    return Baseline(summary, make, params, check)
+
+
+#: The baselines, one row each (adding a method is one row here). The ``*_q`` rows act on RL³'s own online-Q
+#: features (the ``OnlineQEstimator`` of the ``"rl3"`` pipeline); ``psrl``, ``opsrl``, ``ucrl2``, ``beb``,
+#: ``eps_greedy`` and ``greedy`` are the model-based agents of Duan et al. (2016), whose defaults were tuned on
+#: *training* tasks by ``benchmarks/tune_baselines.py`` (see docs/baselines.rst).
+BASELINE_REGISTRY: dict[str, Baseline] = {
+    "random": Baseline("uniformly random actions", lambda env, seed: RandomPolicy(_base(env).n_actions, seed=seed)),
+    "oracle": Baseline("the optimal policy of the true task (the normaliser)", lambda env, seed: OraclePolicy.from_env(env)),
+    "greedy_q": Baseline(
+        "greedy on RL³'s own online Q estimate (OnlineQEstimator q_values)",
+        lambda env, seed: QGreedyPolicy(0.0, seed=seed),
+        algo="rl3",
+    ),
+    "eps_greedy_q": Baseline(
+        "ε-greedy on RL³'s own online Q estimate",
+        lambda env, seed, epsilon: QGreedyPolicy(epsilon, seed=seed),
+        {"epsilon": 0.1},
+        lambda env, epsilon: _check_epsilon(epsilon),
+        algo="rl3",
+    ),
+    "mbie_eb": Baseline(
+        "greedy on RL³'s own online Q with the MBIE-EB bonus beta / sqrt(N(s, a))",
+        lambda env, seed, beta: QGreedyPolicy(0.0, seed=seed),
+        {"beta": 1.0},
+        lambda env, beta: check_float("beta", beta, low=0.0),
+        algo="rl3",
+        q_overrides=lambda params: {"exploration_bonus": params["beta"]},
+    ),
+    "psrl": _model_based(PosteriorSamplingPlanner, "posterior sampling: one task sampled per inner episode"),
+    "opsrl": _model_based(
+        PosteriorSamplingPlanner, "optimistic PSRL: the best of num_samples posterior samples", num_samples=4
+    ),
+    "ucrl2": _model_based(UCRL2Planner, "UCRL2: extended value iteration on confidence sets", delta=0.05, scale=0.03),
+    "beb": _model_based(PosteriorMeanPlanner, "BEB: posterior mean plus beta / (1 + N(s, a))", beta=1.0,
+                        estimate="posterior"),
+    "eps_greedy": _model_based(PosteriorMeanPlanner, "ε-greedy on the posterior-mean model", epsilon=0.01,
+                               estimate="posterior"),
+    "greedy": _model_based(PosteriorMeanPlanner, "greedy on the posterior-mean model (certainty equivalence)",
+                           estimate="posterior"),
+}
+#: The names of :data:`BASELINE_REGISTRY`.
+BASELINES = tuple(BASELINE_REGISTRY)
 
 
 def mean_and_stderr(values: torch.Tensor) -> tuple[float, float]:
@@ -105,6 +206,7 @@ def evaluate(
     num_tasks: int = 1000,
     batch_size: int = 250,
     seed: int = 0,
+    split: str = "test",
     greedy: bool = False,
     device=None,
     write_q_values: bool = False,
@@ -122,6 +224,7 @@ def evaluate(
         horizon (int, optional): ``H`` (default: the task's).
         num_tasks (int): held-out tasks (default 1000), run ``batch_size`` at a time.
         seed (int): the seed of the test task stream (the same for every method).
+        split (str): ``"test"`` (held-out tasks, the default) or ``"train"`` (for tuning hyper-parameters).
         greedy (bool): deterministic actions of learned policies (their distribution's mode).
         write_q_values, q_overrides: passed to :func:`~rl3_torchrl.tasks.make_meta_env`.
         max_inner_episodes (int): columns of the per-inner-episode curve (0: none).
@@ -143,7 +246,7 @@ def evaluate(
         batch_size,
         horizon=horizon,
         seed=seed,
-        split="test",
+        split=split,
         device=device,
         write_q_values=write_q_values,
         q_overrides=q_overrides,
@@ -168,41 +271,72 @@ def evaluate(
     return result
 
 
-def baseline_policy(name: str, n_actions: int, *, seed: int = 0) -> Callable:
-    """``env -> policy`` for a baseline of :data:`BASELINES`.
+def baseline_policy(name: str, env, *, seed: int = 0, **params) -> Callable:
+    """``env -> policy`` for a baseline of :data:`BASELINE_REGISTRY`, its hyper-parameters checked first.
+
+    Args:
+        name (str): a name of :data:`BASELINES`.
+        env: an env of the task the policy will run on (its family decides whether the method applies).
+
+    Keyword Args:
+        seed (int): seeds the policy's private generator.
+        **params: hyper-parameters of the method (see ``BASELINE_REGISTRY[name].params``); defaults otherwise.
 
     Examples:
         >>> from rl3_torchrl.envs import RandomMDPEnv
         >>> env = RandomMDPEnv(2, horizon=5); _ = env.reset()
-        >>> type(baseline_policy("oracle", 5)(env)).__name__
+        >>> type(baseline_policy("oracle", env)(env)).__name__
         'OraclePolicy'
+        >>> baseline_policy("beb", env, beta=-1.0)
+        Traceback (most recent call last):
+        ...
+        ValueError: method='beb': beta=-1.0 is out of range; allowed: [0.0, inf].
     """
-    check_choice("method", name, BASELINES)
-    if name == "random":
-        return lambda env: RandomPolicy(n_actions, seed=seed)
-    if name == "oracle":
-        return OraclePolicy.from_env
-    epsilon = 0.1 if name == "eps_greedy_q" else 0.0
-    return lambda env: QGreedyPolicy(epsilon, seed=seed)
+    spec = BASELINE_REGISTRY[check_choice("method", name, BASELINES)]
+    unknown = sorted(set(params) - set(spec.params))
+    if unknown:
+        raise ValueError(
+            f"method={name!r} takes no hyper-parameter {unknown[0]}={params[unknown[0]]!r}; "
+            f"allowed: {sorted(spec.params) or 'none'}."
+        )
+    params = {**spec.params, **params}
+    try:
+        spec.check(_base(env), **params)
+    except ValueError as error:
+        raise ValueError(f"method={name!r}: {error}") from None
+    return lambda env: spec.make(env, seed, **params)
 
 
-def evaluate_baseline(name: str, task: str, **kwargs) -> dict:
-    """:func:`evaluate` a baseline of :data:`BASELINES` (tabular ones act on the RL³ estimator's ``q_values``).
+def evaluate_baseline(name: str, task: str, *, params: dict | None = None, **kwargs) -> dict:
+    """:func:`evaluate` a baseline of :data:`BASELINE_REGISTRY` on ``task``.
+
+    Args:
+        name (str): a name of :data:`BASELINES` (``*_q`` methods act on RL³'s online ``q_values``; ``psrl``,
+            ``opsrl``, ``ucrl2``, ``beb``, ``eps_greedy``, ``greedy`` are the model-based agents of
+            :mod:`rl3_torchrl.modules.bayesian`, random-MDP and bandit tasks only).
+        task (str): a task name.
+
+    Keyword Args:
+        params (dict, optional): hyper-parameters overriding the registry's tuned defaults.
+        **kwargs: passed to :func:`evaluate` (``horizon``, ``num_tasks``, ``seed``, ``device``, ``split``, …).
 
     Examples:
         >>> evaluate_baseline("oracle", "bandit", horizon=10, num_tasks=4)["normalized_mean"] > 0.5
         True
+        >>> evaluate_baseline("psrl", "bandit", horizon=10, num_tasks=4)["num_tasks"]
+        4
     """
     check_choice("method", name, BASELINES)
-    tabular = name not in ("random", "oracle")
-    env_probe = make_meta_env(task, "rl2", 1, horizon=kwargs.get("horizon"))
-    policy = baseline_policy(name, env_probe.base_env.n_actions, seed=kwargs.get("seed", 0))
+    spec = BASELINE_REGISTRY[name]
+    probe = make_task_env(task, 1, horizon=kwargs.get("horizon"))
+    make_policy = baseline_policy(name, probe, seed=kwargs.get("seed", 0), **(params or {}))
+    resolved = {**spec.params, **(params or {})}
     return evaluate(
-        policy,
+        make_policy,
         task,
-        "rl3" if tabular else "rl2",
-        write_q_values=tabular,
-        q_overrides=_BASELINE_Q_OVERRIDES.get(name),
+        spec.algo,
+        write_q_values=spec.algo != "rl2",
+        q_overrides=spec.q_overrides(resolved) if spec.q_overrides else None,
         **kwargs,
     )
 

@@ -1,4 +1,15 @@
-"""Policy-side modules: the causal Transformer with a KV cache and the RL²/RL³ actor-critic builders."""
+"""Policy-side modules: the causal Transformer with a KV cache, the RL²/RL³ actor-critic builders and the baseline
+policies (tabular ones, and the model-based agents of :mod:`rl3_torchrl.modules.bayesian`)."""
+from .bayesian import (
+    ModelBasedPolicy,
+    PosteriorMeanPlanner,
+    PosteriorModel,
+    PosteriorSamplingPlanner,
+    TaskPrior,
+    UCRL2Planner,
+    finite_horizon_q,
+    optimistic_transition_values,
+)
 from .actor_critic import INPUT_KEYS, RL2_INPUT_KEYS, RL3_INPUT_KEYS, make_actor_critic
 from .tabular import OraclePolicy, QGreedyPolicy, RandomPolicy
 from .transformer import CausalTransformer, TransformerModule
@@ -13,4 +24,12 @@ __all__ = [
     "OraclePolicy",
     "QGreedyPolicy",
     "RandomPolicy",
+    "ModelBasedPolicy",
+    "PosteriorModel",
+    "TaskPrior",
+    "PosteriorMeanPlanner",
+    "PosteriorSamplingPlanner",
+    "UCRL2Planner",
+    "finite_horizon_q",
+    "optimistic_transition_values",
 ]
