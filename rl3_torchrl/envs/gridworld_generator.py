@@ -257,8 +257,8 @@ class GridGenerator:
         self.water_length = check_int("water_length", water_length, low=1, high=size)
         self.n_dangers = check_int("n_dangers", n_dangers, low=0)
         room = size - size // 2
-        for name, count, length in (("obstacle_length", n_obstacles, obstacle_length), ("water_length", n_water,
-                                                                                        water_length)):
+        segments = (("obstacle_length", n_obstacles, obstacle_length), ("water_length", n_water, water_length))
+        for name, count, length in segments:
             if self.layout == "paper" and count > 0 and length > room:
                 raise ValueError(
                     f"{name}={length!r} does not fit layout='paper' on a {size}x{size} grid: a segment grows from "
@@ -330,7 +330,8 @@ class GridGenerator:
         cols = torch.arange(N, device=device).repeat(N)
         distance = (rows - N // 2).abs() + (cols - N // 2).abs()
         far = (distance >= self.goal_min_distance).view(1, -1)
-        valid = self._place(tiles, far.expand(count, -1) if paper else far & ((tiles == EMPTY) | (tiles == WATER)), GOAL, generator)
+        goal_cells = far.expand(count, -1) if paper else far & ((tiles == EMPTY) | (tiles == WATER))
+        valid = self._place(tiles, goal_cells, GOAL, generator)
         interior = ((rows > 0) & (rows < N - 1) & (cols > 0) & (cols < N - 1)).view(1, -1)
         ring = neighbour_table(N, device)[:, 1:]  # the 4 neighbours of each cell
         for _ in range(self.n_dangers):
