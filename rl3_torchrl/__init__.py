@@ -5,7 +5,7 @@ inputs and the online Q estimator), :mod:`rl3_torchrl.modules` (the KV-cached Tr
 baseline policies); modules :mod:`rl3_torchrl.tasks` (named tasks and the env pipeline),
 :mod:`rl3_torchrl.training` (PPO meta-training), :mod:`rl3_torchrl.evaluation` and :mod:`rl3_torchrl.plotting`.
 """
-from rl3_torchrl.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from rl3_torchrl.checkpoint import CheckpointError, RunLock, load_checkpoint, save_checkpoint
 from rl3_torchrl.envs import (
     GridworldEnv,
     MetaTaskEnv,
@@ -28,7 +28,7 @@ from rl3_torchrl.modules import (
     make_actor_critic,
 )
 from rl3_torchrl.tasks import TASKS, make_meta_env, make_task_env, task_family
-from rl3_torchrl.training import Trainer, load_actor, load_config, train
+from rl3_torchrl.training import NonFiniteError, Trainer, load_actor, load_config, train
 from rl3_torchrl.transforms import MetaRLInputs, OnlineQEstimator, StateAbstraction
 
 __version__ = "0.1.0"
@@ -41,11 +41,13 @@ __all__ = [
     "MetaRLInputs",
     "MetaTaskEnv",
     "ModelBasedPolicy",
+    "NonFiniteError",
     "OnlineQEstimator",
     "OraclePolicy",
     "QGreedyPolicy",
     "RandomMDPEnv",
     "RandomPolicy",
+    "RunLock",
     "StateAbstraction",
     "Trainer",
     "TransformerModule",

@@ -3,11 +3,15 @@
 A checkpoint is one ``torch.save`` file written to a temporary name in the same folder, flushed to disk and then
 renamed over the previous one, so a run killed at any moment leaves either the old or the new checkpoint, never a
 torn file. Loading checks the format tag and that the run's configuration matches, and turns any unreadable file
-into a clear error instead of a silent fresh start.
+into a clear error instead of a silent fresh start. :class:`RunLock` keeps a second process from writing into the
+same run folder.
 """
 from __future__ import annotations
 
+import fcntl
+import json
 import os
+import socket
 from pathlib import Path
 
 import torch
@@ -42,7 +46,7 @@ def save_checkpoint(state: dict, path) -> Path:
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp = path.with_name(f"{_temporary_prefix(path)}{os.getpid()}")
     with open(tmp, "wb") as f:
         torch.save({"format": FORMAT, **state}, f)
         f.flush()
@@ -51,7 +55,27 @@ def save_checkpoint(state: dict, path) -> Path:
     return path
 
 
-def load_checkpoint(path, *, expected_config: dict | None = None, ignore: tuple[str, ...] = ()) -> dict:
+def temporary_files(path) -> list[Path]:
+    """The temporary files :func:`save_checkpoint` leaves beside ``path`` when its process is killed mid-write.
+
+    Examples:
+        >>> import tempfile, os
+        >>> path = os.path.join(tempfile.mkdtemp(), "checkpoint.pt")
+        >>> _ = open(os.path.join(os.path.dirname(path), ".checkpoint.pt.tmp-123"), "wb").write(b"torn")
+        >>> [p.name for p in temporary_files(path)]
+        ['.checkpoint.pt.tmp-123']
+    """
+    path = Path(path)
+    return sorted(path.parent.glob(f"{_temporary_prefix(path)}*"))
+
+
+def _temporary_prefix(path: Path) -> str:
+    return f".{path.name}.tmp-"
+
+
+def load_checkpoint(
+    path, *, expected_config: dict | None = None, ignore: tuple[str, ...] = (), defaults: dict | None = None
+) -> dict:
     """Read a checkpoint written by :func:`save_checkpoint`.
 
     Args:
@@ -59,6 +83,7 @@ def load_checkpoint(path, *, expected_config: dict | None = None, ignore: tuple[
         expected_config (dict, optional): the flattened configuration of the run that resumes; every key of it
             but those in ``ignore`` must equal the checkpoint's, otherwise :class:`CheckpointError` names them.
         ignore (tuple of str): configuration keys allowed to differ (e.g. the number of iterations).
+        defaults (dict, optional): the default value of each configuration key (see :func:`check_config`).
 
     Raises:
         CheckpointError: the file is missing, unreadable, not a checkpoint of this library, or incompatible.
@@ -81,11 +106,111 @@ def load_checkpoint(path, *, expected_config: dict | None = None, ignore: tuple[
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise CheckpointError(f"{str(path)!r} is not an rl3_torchrl checkpoint (expected format {FORMAT!r}).")
     if expected_config is not None:
-        saved = state.get("config", {})
-        keys = (set(saved) | set(expected_config)) - set(ignore)
-        diff = {k: (saved.get(k), expected_config.get(k)) for k in sorted(keys)}
-        diff = {k: pair for k, pair in diff.items() if pair[0] != pair[1]}
-        if diff:
-            lines = ", ".join(f"{k}: checkpoint {a!r} vs run {b!r}" for k, (a, b) in diff.items())
-            raise CheckpointError(f"checkpoint {str(path)!r} was written by a different configuration ({lines}).")
+        check_config(state.get("config", {}), expected_config, ignore=ignore, defaults=defaults, source=path)
     return state
+
+
+def check_config(
+    saved: dict, expected: dict, *, ignore: tuple[str, ...] = (), defaults: dict | None = None, source="checkpoint"
+) -> None:
+    """Check that the flat configuration of a run matches the one ``saved`` in its checkpoint.
+
+    Every key but those in ``ignore`` must be equal; a key ``saved`` lacks (one added after the checkpoint was
+    written) matches a run that holds its value in ``defaults``. :func:`load_checkpoint` calls it with its
+    ``expected_config``.
+
+    Raises:
+        CheckpointError: naming every key that differs, with both values.
+
+    Examples:
+        >>> check_config({"lr": 0.1}, {"lr": 0.1, "added": "stop"}, defaults={"added": "stop"})
+        >>> check_config({"lr": 0.1}, {"lr": 0.2, "iterations": 9}, ignore=("iterations",), source="c.pt")
+        Traceback (most recent call last):
+        ...
+        rl3_torchrl.checkpoint.CheckpointError: checkpoint 'c.pt' ... configuration (lr: checkpoint 0.1 vs run 0.2).
+    """
+    saved = {**{k: v for k, v in (defaults or {}).items() if k in expected}, **saved}
+    keys = (set(saved) | set(expected)) - set(ignore)
+    diff = {k: (saved.get(k), expected.get(k)) for k in sorted(keys)}
+    diff = {k: pair for k, pair in diff.items() if pair[0] != pair[1]}
+    if diff:
+        lines = ", ".join(f"{k}: checkpoint {a!r} vs run {b!r}" for k, (a, b) in diff.items())
+        raise CheckpointError(f"checkpoint {str(source)!r} was written by a different configuration ({lines}).")
+
+
+class RunLock:
+    """An exclusive lock on a run folder: one writer per ``output_dir``, across processes and hosts.
+
+    The lock is an ``flock`` on ``<directory>/.lock``, which records the owner's pid and host. The kernel drops it
+    when its process ends, even by ``kill -9``, so a lock left by a dead run never blocks the next one. Acquiring a
+    lock held by a live process raises a ``RuntimeError`` naming that process. Use it as a context manager.
+
+    Args:
+        directory: the run folder (created if missing).
+
+    Examples:
+        >>> import tempfile
+        >>> folder = tempfile.mkdtemp()
+        >>> with RunLock(folder):
+        ...     RunLock(folder).acquire()
+        Traceback (most recent call last):
+        ...
+        RuntimeError: ... is in use by pid ... on host ...
+        >>> with RunLock(folder) as lock:  # released: free again
+        ...     lock.owner()["pid"] == os.getpid()
+        True
+    """
+
+    NAME = ".lock"
+
+    def __init__(self, directory):
+        self.path = Path(directory) / self.NAME
+        self._fd: int | None = None
+
+    def owner(self) -> dict:
+        """The ``{"pid", "host"}`` recorded in the lock file (empty if there is none or it is unreadable)."""
+        try:
+            return json.loads(self.path.read_text())
+        except (OSError, ValueError):
+            return {}
+
+    def acquire(self) -> RunLock:
+        """Take the lock, or raise ``RuntimeError`` naming the live process that holds it."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        while self._fd is None:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                os.close(fd)
+                owner = self.owner()
+                raise RuntimeError(
+                    f"{str(self.path.parent)!r} is in use by pid {owner.get('pid', '?')} on host "
+                    f"{owner.get('host', '?')} (lock {str(self.path)!r}): one run writes into a folder at a time; "
+                    "wait for it to end or choose another output_dir."
+                ) from None
+            try:
+                same_file = os.fstat(fd).st_ino == os.stat(self.path).st_ino
+            except FileNotFoundError:  # the previous owner removed the file between our open and our flock
+                same_file = False
+            if not same_file:
+                os.close(fd)
+                continue
+            os.ftruncate(fd, 0)
+            os.write(fd, json.dumps({"pid": os.getpid(), "host": socket.gethostname()}).encode())
+            self._fd = fd
+        return self
+
+    def release(self) -> None:
+        """Remove the lock file and drop the lock (nothing if it is not held)."""
+        if self._fd is None:
+            return
+        self.path.unlink(missing_ok=True)
+        os.close(self._fd)
+        self._fd = None
+
+    def __enter__(self) -> RunLock:
+        return self.acquire()
+
+    def __exit__(self, *exc) -> None:
+        self.release()

@@ -205,7 +205,9 @@ def train_cell(cell: Cell, threads: int = 1) -> dict:
     start = time.perf_counter()
     with open(out / "train.log", "a") as log, redirect_stdout(log), redirect_stderr(log):
         print(f"# {time.strftime('%Y-%m-%d %H:%M:%S')} {'resume' if resume else 'start'}: {cell.command}", flush=True)
-        trainer = Trainer(cell.config(**{"checkpoint.resume": str(resume).lower()}))
+        # without a checkpoint, the logs of a cell killed before its first one are deleted: the cell starts over
+        trainer = Trainer(cell.config(**{"checkpoint.resume": str(resume).lower(),
+                                         "checkpoint.overwrite": str(not resume).lower()}))
         trainer.train()
     record_path = out / CELL_RECORD
     record = json.loads(record_path.read_text()) if record_path.exists() else {"wall_s": 0.0}

@@ -11,10 +11,17 @@ has weight decay. ``ppo.reward_scale`` multiplies the rewards that GAE and the c
 whose meta-episode returns reach the thousands); logged and evaluated returns stay unscaled.
 
 The configuration is an OmegaConf tree (``rl3_torchrl/configs/ppo.yaml`` and the named configs beside it);
-:func:`load_config` merges a named config and ``key=value`` overrides, :func:`train` runs it.
+:func:`load_config` merges a named config and ``key=value`` overrides, :func:`validate_config` checks every key
+against its allowed range before any work, :func:`train` runs it.
+
+What a run guarantees: a run killed at any moment resumes (``checkpoint.resume=true``) to the same logs and weights
+as an uninterrupted run; a non-finite loss, gradient, weight, policy output or reward stops it with
+:class:`NonFiniteError` before anything of that iteration is written (or, with ``ppo.on_nonfinite=skip``, skips
+the minibatch); only one process writes into an ``output_dir`` at a time (:class:`~rl3_torchrl.checkpoint.RunLock`).
 """
 from __future__ import annotations
 
+import shutil
 import time
 from pathlib import Path
 
@@ -28,8 +35,15 @@ from torchrl.objectives.value import GAE
 from torchrl.record.loggers import get_logger
 from tqdm.auto import tqdm
 
-from rl3_torchrl._validation import check_choice, check_float
-from rl3_torchrl.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from rl3_torchrl._validation import check_choice, check_float, check_int
+from rl3_torchrl.checkpoint import (
+    CheckpointError,
+    RunLock,
+    check_config,
+    load_checkpoint,
+    save_checkpoint,
+    temporary_files,
+)
 from rl3_torchrl.collectors import BACKENDS, MetaEnvFactory, fold_workers, make_collector, worker_seed
 from rl3_torchrl.modules import make_actor_critic
 from rl3_torchrl.modules.transformer import CausalTransformer, TransformerModule
@@ -42,10 +56,14 @@ CHECKPOINT_NAME = "checkpoint.pt"
 SCALED_REWARD_KEY = "scaled_reward"
 # Keys that may change when a run is resumed; everything else must match the checkpoint.
 # The collection and compilation settings may change too (e.g. resume a run on a cluster): they do not change the model.
+# The paths may change too: a moved or copied run folder resumes.
 RESUMABLE_KEYS = (
     "iterations",
+    "output_dir",
+    "logger.exp_name",
     "checkpoint.every",
     "checkpoint.resume",
+    "checkpoint.overwrite",
     "logger.backend",
     "eval.every",
     "progress",
@@ -103,8 +121,110 @@ def load_config(overrides: list[str] | None = None, config: str | None = None) -
     return cfg
 
 
+#: ``ppo.reward_scale`` at most this: the critic's squared error of scaled returns must stay far from float32 overflow.
+MAX_REWARD_SCALE = 1e6
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+
+
+def _integer(low=None, high=None):
+    return lambda name, value: check_int(name, value, low=low, high=high)
+
+
+def _real(low=None, high=None, low_inclusive=True):
+    return lambda name, value: check_float(name, value, low=low, high=high, low_inclusive=low_inclusive)
+
+
+def _one_of(choices):
+    return lambda name, value: check_choice(name, value, choices)
+
+
+def _optional(check):
+    return lambda name, value: None if value is None else check(name, value)
+
+
+def _flag(name, value):
+    if not isinstance(value, bool):
+        raise TypeError(f"{name} must be true or false, got {value!r} ({type(value).__name__}).")
+
+
+def _text(name, value):
+    if not isinstance(value, str) or not value:
+        raise TypeError(f"{name} must be a non-empty string, got {value!r} ({type(value).__name__}).")
+
+
+def _device(name, value):
+    _text(name, value)
+    try:
+        torch.device(value)
+    except RuntimeError:
+        raise ValueError(f"{name}={value!r} is not a torch device; e.g. cpu, cuda, cuda:1, mps.") from None
+
+
+def _widths(name, value):
+    if not isinstance(value, (list, tuple)):
+        raise TypeError(f"{name} must be a list of positive integers (e.g. [64, 64]), got {value!r}.")
+    for i, width in enumerate(value):
+        check_int(f"{name}[{i}]", width, low=1)
+
+
+# Every key of the configuration with its allowed values: validate_config checks each one before any work.
+_SCHEMA = {
+    "algo": _one_of(ALGOS),
+    "env": _one_of(TASKS),
+    "horizon": _optional(_integer(low=1)),
+    "num_envs": _integer(low=1),
+    "iterations": _integer(low=1),
+    "seed": _integer(low=0, high=2**63 - 1),
+    "device": _device,
+    "progress": _flag,
+    "output_dir": _text,
+    "model.hidden_sizes": _widths,
+    "model.d_model": _integer(low=1),
+    "model.num_layers": _integer(low=0),
+    "model.num_heads": _integer(low=1),
+    "model.ffn_dim": _integer(low=1),
+    "model.dropout": _real(low=0.0, high=0.99),
+    "ppo.epochs": _integer(low=1),
+    "ppo.minibatch_episodes": _integer(low=1),
+    "ppo.clip_epsilon": _real(low=0.0, low_inclusive=False),
+    "ppo.gamma": _real(low=0.0, high=1.0),
+    "ppo.lmbda": _real(low=0.0, high=1.0),
+    "ppo.reward_scale": _real(low=0.0, high=MAX_REWARD_SCALE, low_inclusive=False),
+    "ppo.lr": _real(low=0.0, low_inclusive=False),
+    "ppo.adam_eps": _real(low=0.0, low_inclusive=False),
+    "ppo.critic_weight_decay": _real(low=0.0),
+    "ppo.critic_coeff": _real(low=0.0),
+    "ppo.loss_critic_type": _one_of(("l1", "l2", "smooth_l1")),
+    "ppo.target_kl": _optional(_real(low=0.0, low_inclusive=False)),
+    "ppo.entropy_coeff": _real(low=0.0),
+    "ppo.entropy_schedule": _one_of(("linear", "constant")),
+    "ppo.max_grad_norm": _real(low=0.0, low_inclusive=False),
+    "ppo.on_nonfinite": _one_of(("stop", "skip")),
+    "eval.every": _integer(low=0),
+    "eval.num_tasks": _integer(low=1),
+    "logger.backend": _one_of(("csv", "tensorboard", "wandb", "")),
+    "logger.exp_name": _text,
+    "checkpoint.every": _integer(low=1),
+    "checkpoint.resume": _flag,
+    "checkpoint.overwrite": _flag,
+    "collector.backend": _one_of(BACKENDS),
+    "collector.workers": _integer(low=1),
+    "collector.threads_per_worker": _integer(low=1),
+    "collector.ray.address": _optional(_text),
+    "collector.ray.num_cpus_per_worker": _real(low=0.0, low_inclusive=False),
+    "collector.ray.num_gpus_per_worker": _real(low=0.0),
+    "compile.enabled": _flag,
+    "compile.backend": _text,
+    "compile.mode": _optional(_one_of(COMPILE_MODES)),
+}
+
+
 def validate_config(cfg: DictConfig) -> None:
-    """Check the choices of a configuration, with errors naming the key, the value and what is allowed.
+    """Check every key of a configuration against its allowed values, then the keys that depend on each other.
+
+    Errors name the key, the value and what is allowed (``ValueError``; ``TypeError`` for a value of the wrong
+    type, e.g. ``ppo.lr=abc`` or ``model.hidden_sizes=16``). ``ppo.reward_scale`` is at most
+    :data:`MAX_REWARD_SCALE`.
 
     Examples:
         >>> cfg = load_config()
@@ -113,25 +233,35 @@ def validate_config(cfg: DictConfig) -> None:
         Traceback (most recent call last):
         ...
         ValueError: ppo.minibatch_episodes=8 exceeds num_envs=5 (a minibatch holds whole meta-episodes ...).
+        >>> load_config(["ppo.gamma=2"])
+        Traceback (most recent call last):
+        ...
+        ValueError: ppo.gamma=2 is out of range; allowed: [0.0, 1.0].
     """
-    check_choice("algo", cfg.algo, ALGOS)
-    check_choice("env", cfg.env, TASKS)
-    check_choice("ppo.entropy_schedule", cfg.ppo.entropy_schedule, ("linear", "constant"))
-    check_choice("logger.backend", cfg.logger.backend, ("csv", "tensorboard", "wandb", ""))
-    check_choice("collector.backend", cfg.collector.backend, BACKENDS)
-    for key in (
-        "num_envs",
-        "iterations",
-        "ppo.epochs",
-        "ppo.minibatch_episodes",
-        "checkpoint.every",
-        "collector.workers",
-        "collector.threads_per_worker",
-    ):
-        value = OmegaConf.select(cfg, key)
-        if not isinstance(value, int) or value < 1:
-            raise ValueError(f"{key}={value!r} must be a positive integer.")
-    check_float("ppo.reward_scale", cfg.ppo.reward_scale, low=0.0, low_inclusive=False)
+    flat = flat_config(cfg)
+    for key in flat:
+        if key not in _SCHEMA:
+            settings = [k for k in _SCHEMA if k.startswith(key + ".")]
+            if settings:
+                raise ValueError(
+                    f"{key}={flat[key]!r} is a group of settings ({', '.join(settings[:3])}, ...), not a value: "
+                    f"set its keys instead, e.g. {settings[0]}=..."
+                )
+            raise ValueError(f"unknown configuration key {key!r} (allowed keys: rl3_torchrl/configs/ppo.yaml).")
+    missing = [key for key in _SCHEMA if key not in flat]
+    if missing:
+        raise ValueError(f"the configuration lacks the keys {missing} (see rl3_torchrl/configs/ppo.yaml).")
+    for key, check in _SCHEMA.items():
+        check(key, flat[key])
+    if cfg.model.d_model % cfg.model.num_heads:
+        raise ValueError(
+            f"model.d_model={cfg.model.d_model} must be a multiple of model.num_heads={cfg.model.num_heads}."
+        )
+    if cfg.checkpoint.resume and cfg.checkpoint.overwrite:
+        raise ValueError(
+            "checkpoint.resume=true and checkpoint.overwrite=true contradict each other: resume continues the run "
+            "in output_dir, overwrite deletes it and starts over; pass one."
+        )
     if cfg.ppo.minibatch_episodes > cfg.num_envs:
         raise ValueError(
             f"ppo.minibatch_episodes={cfg.ppo.minibatch_episodes} exceeds num_envs={cfg.num_envs} "
@@ -192,11 +322,7 @@ class Trainer:
         self.device = torch.device(cfg.device)
         self.output_dir = Path(cfg.output_dir)
         self.checkpoint_path = self.output_dir / CHECKPOINT_NAME
-        if self.checkpoint_path.exists() and not cfg.checkpoint.resume:
-            raise FileExistsError(
-                f"{str(self.checkpoint_path)!r} exists: pass checkpoint.resume=true to continue that run, "
-                "or choose another output_dir."
-            )
+        self._check_output_dir()
         factory = MetaEnvFactory(cfg.env, cfg.algo, cfg.num_envs, horizon=cfg.horizon, seed=cfg.seed, device=cfg.device)
         self.env = factory()
         self.horizon = self.env.base_env.horizon
@@ -307,8 +433,6 @@ class Trainer:
         if not backend:
             return None
         log_dir = str(self.output_dir / "logs")
-        if state is not None and backend == "csv":
-            _truncate_logs(state.get("log_sizes", {}))
         try:
             return get_logger(backend, logger_name=log_dir, experiment_name=self.cfg.logger.exp_name)
         except ImportError as err:
@@ -321,10 +445,49 @@ class Trainer:
         """Where the CSV logger writes its ``scalars/*.csv`` files."""
         return self.output_dir / "logs" / self.cfg.logger.exp_name
 
+    # ------------------------------------------------------------------ the output folder
+    def _log_files(self) -> list[Path]:
+        """Every CSV log of the output folder (of any ``logger.exp_name``)."""
+        return sorted((self.output_dir / "logs").glob("**/*.csv"))
+
+    def _run_outputs(self) -> list[Path]:
+        """What an earlier run left in the output folder: its checkpoint, temporary checkpoint files, its logs."""
+        logs = self.output_dir / "logs"
+        has_logs = logs.is_dir() and any(p.is_file() for p in logs.rglob("*"))
+        found = [self.checkpoint_path] if self.checkpoint_path.exists() else []
+        return found + temporary_files(self.checkpoint_path) + ([logs] if has_logs else [])
+
+    def _check_output_dir(self) -> None:
+        """A resumed run needs a checkpoint; a fresh one needs a folder without another run's outputs (or
+        ``checkpoint.overwrite=true``)."""
+        ckpt = self.cfg.checkpoint
+        if ckpt.resume and not self.checkpoint_path.exists():
+            raise CheckpointError(
+                f"checkpoint.resume=true but there is no checkpoint at {str(self.checkpoint_path)!r}."
+            )
+        found = self._run_outputs()
+        if not ckpt.resume and not ckpt.overwrite and found:
+            names = ", ".join(str(p.relative_to(self.output_dir)) for p in found)
+            raise FileExistsError(
+                f"output_dir {str(self.output_dir)!r} holds the outputs of an earlier run ({names}): pass "
+                "checkpoint.resume=true to continue that run from its checkpoint, checkpoint.overwrite=true to "
+                "delete them and start over, or choose another output_dir."
+            )
+
+    def _prepare_output_dir(self, state: dict | None) -> None:
+        """Under the run lock: delete an overwritten run's outputs, or cut the logs back to the checkpoint."""
+        self._check_output_dir()
+        for tmp in temporary_files(self.checkpoint_path):
+            tmp.unlink()  # a save killed mid-write; the checkpoint beside it is intact
+        if self.cfg.checkpoint.overwrite:
+            self.checkpoint_path.unlink(missing_ok=True)
+            shutil.rmtree(self.output_dir / "logs", ignore_errors=True)
+        if state is not None:
+            _truncate_logs(self._log_files(), _log_sizes(state, self.output_dir))
+
     # ------------------------------------------------------------------ checkpoints
     def state_dict(self) -> dict:
         base = self.env.base_env
-        log_files = sorted(self.log_dir().glob("scalars/*.csv")) if self.cfg.logger.backend == "csv" else []
         return {
             "config": flat_config(self.cfg),
             "iteration": self.iteration,
@@ -333,7 +496,7 @@ class Trainer:
             "optimizer": self.optimizer.state_dict(),
             "torch_rng": torch.get_rng_state(),
             "env_rng": base.rng_state(),
-            "log_sizes": {str(p): p.stat().st_size for p in log_files},
+            "log_sizes": {str(p.relative_to(self.output_dir)): p.stat().st_size for p in self._log_files()},
         }
 
     def load_state_dict(self, state: dict) -> None:
@@ -347,11 +510,19 @@ class Trainer:
     def _resume_state(self) -> dict | None:
         if not self.cfg.checkpoint.resume:
             return None
-        if not self.checkpoint_path.exists():
-            raise CheckpointError(
-                f"checkpoint.resume=true but there is no checkpoint at {str(self.checkpoint_path)!r}."
-            )
-        return load_checkpoint(self.checkpoint_path, expected_config=flat_config(self.cfg), ignore=RESUMABLE_KEYS)
+        state = load_checkpoint(self.checkpoint_path)
+        check_config(
+            self._comparable(state.get("config", {})),
+            self._comparable(flat_config(self.cfg)),
+            ignore=RESUMABLE_KEYS,
+            defaults=flat_config(OmegaConf.load(CONFIG_DIR / "ppo.yaml")),
+            source=self.checkpoint_path,
+        )
+        return state
+
+    def _comparable(self, flat: dict) -> dict:
+        """A flat configuration with equivalent values made equal: ``horizon=null`` is the preset's ``H``."""
+        return {**flat, "horizon": self.horizon} if flat.get("horizon", self.horizon) is None else flat
 
     def save(self) -> Path:
         """Write the checkpoint of the current iteration atomically."""
@@ -369,14 +540,19 @@ class Trainer:
             self.gae(data)
 
     def update(self, data) -> dict:
-        """PPO epochs on minibatches of whole meta-episodes; returns the iteration's mean statistics."""
+        """PPO epochs on minibatches of whole meta-episodes; returns the iteration's mean statistics.
+
+        Each minibatch's total loss and gradient norm are checked (one host sync): a non-finite one raises
+        :class:`NonFiniteError` before the optimizer step, or, with ``ppo.on_nonfinite=skip``, skips that minibatch
+        (counted in ``skipped_minibatches``). The weights are checked once at the end.
+        """
         ppo = self.cfg.ppo
         self.loss.entropy_coeff.fill_(self.entropy_coeff(self.iteration))
         self.buffer.empty()
         self.buffer.extend(data)
-        actor_active, actor_updates, stats = True, 0, []
-        for _ in range(ppo.epochs):
-            for batch in self.buffer:
+        actor_active, actor_updates, skipped, stats = True, 0, 0, []
+        for epoch in range(ppo.epochs):
+            for minibatch, batch in enumerate(self.buffer):
                 out = self.loss(batch)
                 kl = out["kl_approx"].detach()
                 if ppo.target_kl is not None and actor_active and kl > ppo.target_kl:
@@ -384,21 +560,64 @@ class Trainer:
                 total = out["loss_critic"]
                 if actor_active:
                     total = total + out["loss_objective"] + out["loss_entropy"]
-                    actor_updates += 1
                 self.optimizer.zero_grad(set_to_none=True)
                 total.backward()
-                torch.nn.utils.clip_grad_norm_(self.loss.parameters(), ppo.max_grad_norm)
+                grad_norm = torch.nn.utils.clip_grad_norm_(self.loss.parameters(), ppo.max_grad_norm)
+                if not bool(torch.isfinite(total.detach()) & torch.isfinite(grad_norm)):
+                    where = f"epoch {epoch + 1}, minibatch {minibatch + 1}"
+                    if ppo.on_nonfinite == "stop":
+                        raise self._nonfinite(_nonfinite_losses(out, grad_norm), where)
+                    skipped += 1
+                    continue
+                actor_updates += actor_active
                 self.optimizer.step()
                 stats.append(out.select(*_LOSS_STATS).detach())
+        if not stats:
+            raise self._nonfinite(["every minibatch's loss"], "ppo.on_nonfinite=skip skipped them all")
+        if not bool(torch.stack([torch.isfinite(p).all() for p in self.loss.parameters()]).all()):
+            bad = [name for name, p in self.loss.named_parameters() if not bool(torch.isfinite(p).all())]
+            raise self._nonfinite([f"the weights {bad[:3]}"], "after the optimizer steps")
         result = {k: float(torch.stack([s[k] for s in stats]).float().mean()) for k in stats[0].keys()}
         result["actor_updates"] = actor_updates
+        if ppo.on_nonfinite == "skip":
+            result["skipped_minibatches"] = skipped
         return result
+
+    def _check_batch(self, data) -> None:
+        """One host sync per batch: the env's rewards and the policy's logits must be finite (a NaN logit would
+        otherwise silently sample action 0)."""
+        reward, logits = data["next", "reward"], data["logits"]
+        if not bool(torch.isfinite(reward).all() & torch.isfinite(logits).all()):
+            checked = {"the env's rewards": reward, "the policy's logits (non-finite inputs or weights)": logits}
+            bad = [name for name, value in checked.items() if not bool(torch.isfinite(value).all())]
+            raise self._nonfinite(bad, "the collected batch")
+
+    def _nonfinite(self, quantities: list[str], where: str) -> NonFiniteError:
+        return NonFiniteError(
+            f"iteration {self.iteration + 1} ({where}): {', '.join(quantities)} not finite. Nothing of this "
+            f"iteration was written; the last checkpoint in {str(self.output_dir)!r} stays (resume with "
+            "checkpoint.resume=true). Likely causes: a learning rate too high (ppo.lr) or ppo.adam_eps too small, "
+            "rewards too large for ppo.reward_scale (the critic squares scaled returns), non-finite rewards or "
+            "observations from the env, or ppo.max_grad_norm too large."
+        )
 
     # ------------------------------------------------------------------ the run
     def train(self) -> list[dict]:
-        """Run (or resume) the configured number of iterations; returns the logged rows of this call."""
+        """Run (or resume) the configured number of iterations; returns the logged rows of this call.
+
+        The run holds the :class:`~rl3_torchrl.checkpoint.RunLock` of ``output_dir`` throughout.
+
+        Raises:
+            NonFiniteError: a loss, gradient, weight, policy output or reward is not finite (nothing of that
+                iteration is written; the last checkpoint stays).
+        """
+        with RunLock(self.output_dir):
+            return self._train()
+
+    def _train(self) -> list[dict]:
         cfg = self.cfg
         state = self._resume_state()
+        self._prepare_output_dir(state)
         if state is not None:
             self.load_state_dict(state)
         self.logger = self._make_logger(state)
@@ -418,6 +637,7 @@ class Trainer:
                 start = time.perf_counter()
                 with timeit("collection"):
                     data = fold_workers(next(data_iter), self.horizon)
+                self._check_batch(data)
                 with timeit("update"):
                     self.advantages(data)
                     row = self.update(data)
@@ -479,6 +699,25 @@ class Trainer:
             self.logger.log_scalar(key, value, step=self.iteration)
 
 
+class NonFiniteError(FloatingPointError):
+    """A training run met a non-finite loss, gradient, weight, policy output or reward.
+
+    :meth:`Trainer.train` raises it before anything of the failing iteration is written, so the last checkpoint
+    stays good and ``checkpoint.resume=true`` continues from it. The message names the iteration, the quantity and
+    the likely causes.
+
+    Examples:
+        >>> issubclass(NonFiniteError, ArithmeticError)
+        True
+    """
+
+
+def _nonfinite_losses(out, grad_norm) -> list[str]:
+    """The names of the non-finite losses of a minibatch (and the gradient norm), for the error message."""
+    names = [key for key in ("loss_objective", "loss_critic", "loss_entropy") if not bool(torch.isfinite(out[key]))]
+    return names + ([] if bool(torch.isfinite(grad_norm)) else ["the gradient norm"])
+
+
 _LOSS_STATS = (
     "loss_objective",
     "loss_critic",
@@ -490,11 +729,25 @@ _LOSS_STATS = (
 )
 
 
-def _truncate_logs(sizes: dict) -> None:
-    """Cut each CSV log back to its size at the checkpoint, so a resumed run logs every iteration once."""
-    for path, size in sizes.items():
-        path = Path(path)
-        if path.exists() and path.stat().st_size > size:
+def _log_sizes(state: dict, output_dir: Path) -> dict[Path, int]:
+    """The size of each CSV log at the checkpoint, as paths in ``output_dir`` (checkpoints written before the paths
+    became relative to the run folder hold them under the ``output_dir`` they were written in)."""
+    written_in = Path(state.get("config", {}).get("output_dir", "."))
+    sizes = {}
+    for name, size in state.get("log_sizes", {}).items():
+        path = Path(name)
+        sizes[output_dir / (path.relative_to(written_in) if path.is_relative_to(written_in) else path)] = size
+    return sizes
+
+
+def _truncate_logs(files: list[Path], sizes: dict[Path, int]) -> None:
+    """Cut every CSV log back to its size at the checkpoint (and delete those created after it), so a resumed run
+    logs every iteration exactly once."""
+    for path in files:
+        size = sizes.get(path)
+        if size is None:
+            path.unlink()
+        elif path.stat().st_size > size:
             with open(path, "r+b") as f:
                 f.truncate(size)
 

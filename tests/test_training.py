@@ -125,15 +125,66 @@ def test_same_seed_same_losses(tmp_path):
         ("env=atari", "env='atari'"),
         ("ppo.entropy_schedule=cosine", "entropy_schedule='cosine'"),
         ("ppo.minibatch_episodes=5", "minibatch_episodes=5 exceeds num_envs=2"),
-        ("ppo.reward_scale=0", r"ppo.reward_scale=0.*allowed: \(0.0, inf\]"),
+        ("ppo.reward_scale=0", r"ppo.reward_scale=0.*allowed: \(0.0, 1000000.0\]"),
+        ("ppo.reward_scale=1e30", r"ppo.reward_scale=1e\+30 is out of range; allowed: \(0.0, 1000000.0\]"),
+        ("ppo.reward_scale=.inf", "ppo.reward_scale must be finite, got inf"),
+        ("ppo.lr=.nan", "ppo.lr must be finite, got nan"),
+        ("ppo.max_grad_norm=-1", r"ppo.max_grad_norm=-1 is out of range; allowed: \(0.0, inf\]"),
+        ("ppo.max_grad_norm=0", r"ppo.max_grad_norm=0 is out of range; allowed: \(0.0, inf\]"),
+        ("ppo.gamma=2", r"ppo.gamma=2 is out of range; allowed: \[0.0, 1.0\]"),
+        ("ppo.gamma=-0.5", r"ppo.gamma=-0.5 is out of range; allowed: \[0.0, 1.0\]"),
+        ("ppo.lmbda=5", r"ppo.lmbda=5 is out of range; allowed: \[0.0, 1.0\]"),
+        ("ppo.clip_epsilon=-1", r"ppo.clip_epsilon=-1 is out of range; allowed: \(0.0, inf\]"),
+        ("ppo.target_kl=-1", r"ppo.target_kl=-1 is out of range; allowed: \(0.0, inf\]"),
+        ("ppo.adam_eps=0", r"ppo.adam_eps=0 is out of range; allowed: \(0.0, inf\]"),
+        ("seed=-1", r"seed=-1 is out of range; allowed: \[0, 9223372036854775807\]"),
+        (f"seed={2**64}", r"seed=18446744073709551616 is out of range"),
+        ("ppo=3", r"ppo=3 is a group of settings \(ppo.epochs, .*set its keys instead"),
+        ("ppo.on_nonfinite=ignore", "ppo.on_nonfinite='ignore' is not allowed; choose one of \\['stop', 'skip'\\]"),
+        ("model.d_model=9", "model.d_model=9 must be a multiple of model.num_heads=2"),
+        ("checkpoint.overwrite=true", None),
         ("config=nope", "config='nope'"),
         ("ppo.nope=1", "bad override"),
         ("num_envs", "key=value"),
     ],
 )
 def test_bad_config(override, match):
+    if match is None:  # overwrite alone is fine; with resume it contradicts
+        load_config([*TINY, override])
+        override, match = f"{override} checkpoint.resume=true", "contradict each other"
+        with pytest.raises(ValueError, match=match):
+            load_config([*TINY, *override.split()])
+        return
     with pytest.raises(ValueError, match=match):
         load_config([*TINY, override])
+
+
+@pytest.mark.parametrize(
+    "override, match",
+    [
+        ("ppo.lr=abc", r"ppo.lr must be a real number, got 'abc' \(str\)"),
+        ("model.hidden_sizes=16", r"model.hidden_sizes must be a list of positive integers \(e.g. \[64, 64\]\), got 1"),
+        ("model.hidden_sizes=[16,0]", None),
+        ("horizon=1e3", "horizon must be an integer, got 1000.0"),
+        ("checkpoint.resume=maybe", "checkpoint.resume must be true or false, got 'maybe'"),
+        ("eval.num_tasks=2.5", "eval.num_tasks must be an integer"),
+    ],
+)
+def test_bad_config_type(override, match):
+    if match is None:
+        with pytest.raises(ValueError, match=r"model.hidden_sizes\[1\]=0 is out of range; allowed: \[1, inf\]"):
+            load_config([*TINY, override])
+        return
+    with pytest.raises(TypeError, match=match):
+        load_config([*TINY, override])
+
+
+def test_every_config_key_is_validated():
+    """The schema covers every key of ppo.yaml and of the named configs, and nothing else."""
+    from rl3_torchrl.training import _SCHEMA, flat_config, named_configs
+
+    for name in [None, *named_configs()]:
+        assert set(flat_config(load_config(config=name))) == set(_SCHEMA), name
 
 
 @pytest.mark.parametrize("scale", [1.0, 0.01])
