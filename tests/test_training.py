@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from rl3_torchrl.checkpoint import CheckpointError
+from rl3_torchrl.checkpoint import CheckpointError, save_checkpoint
 from rl3_torchrl.training import Trainer, load_actor, load_config
 
 TINY = [
@@ -63,21 +63,24 @@ def _config(tmp_path, *extra):
     return load_config([*TINY, "iterations=4", "checkpoint.every=2", f"output_dir={tmp_path}", *extra])
 
 
-def test_kill_and_resume_reproduces_the_uninterrupted_run(tmp_path, monkeypatch):
-    full = Trainer(_config(tmp_path / "full")).train()
-
-    # a run killed during its 4th iteration: iterations 1-3 logged, the checkpoint is the one of iteration 2
+def _killed_in_iteration(cfg, iteration: int) -> None:
+    """Run ``cfg`` until it is interrupted at the start of the update of ``iteration`` (1-based)."""
     update = Trainer.update
 
     def dying_update(self, data):
-        if self.iteration == 3:
+        if self.iteration == iteration - 1:
             raise KeyboardInterrupt("killed")
         return update(self, data)
 
-    monkeypatch.setattr(Trainer, "update", dying_update)
-    with pytest.raises(KeyboardInterrupt):
-        Trainer(_config(tmp_path / "killed")).train()
-    monkeypatch.setattr(Trainer, "update", update)
+    with pytest.MonkeyPatch.context() as monkeypatch, pytest.raises(KeyboardInterrupt):
+        monkeypatch.setattr(Trainer, "update", dying_update)
+        Trainer(cfg).train()
+
+
+def test_kill_and_resume_reproduces_the_uninterrupted_run(tmp_path):
+    full = Trainer(_config(tmp_path / "full")).train()
+    # a run killed during its 4th iteration: iterations 1-3 logged, the checkpoint is the one of iteration 2
+    _killed_in_iteration(_config(tmp_path / "killed"), 4)
     resumed = Trainer(_config(tmp_path / "killed", "checkpoint.resume=true")).train()
 
     assert len(resumed) == 2
@@ -278,3 +281,112 @@ def test_recipe_prints_the_baselines_on_the_same_tasks(tmp_path, capsys):
         expected = evaluate_baseline(name, "bandit", horizon=6, num_tasks=2, seed=0)
         assert f"  {name}: {expected['return_mean']:.2f} ± {expected['return_stderr']:.2f}" in out
     assert "rl3 after 2 iterations" in out
+
+
+def _nan_in_minibatch(trainer, call):
+    """Make the ``call``-th (1-based) minibatch loss of ``trainer`` NaN (its critic loss)."""
+    forward, calls = trainer.loss.forward, iter(range(call - 1, -1, -1))
+
+    def nan_forward(batch):
+        out = forward(batch)
+        if next(calls, 1) == 0:
+            out.set("loss_critic", out["loss_critic"] * float("nan"))
+        return out
+
+    trainer.loss.forward = nan_forward
+    return trainer
+
+
+def test_nan_in_the_last_minibatch_stops_before_anything_is_written(tmp_path):
+    """TINY has 2 epochs × 2 minibatches per iteration: call 12 is the last minibatch of iteration 3."""
+    from rl3_torchrl.training import NonFiniteError
+
+    full = Trainer(_config(tmp_path / "full")).train()
+    trainer = _nan_in_minibatch(Trainer(_config(tmp_path / "nan")), 12)
+    with pytest.raises(NonFiniteError, match=r"iteration 3 \(epoch 2, minibatch 2\): loss_critic, the gradient norm "
+                                             r"not finite\. Nothing of this iteration was written.*Likely causes"):
+        trainer.train()
+    state = torch.load(tmp_path / "nan" / "checkpoint.pt", weights_only=False)
+    assert state["iteration"] == 2 and all(torch.isfinite(v).all() for v in state["actor"].values())
+    steps = (tmp_path / "nan" / "logs" / "random_mdp_rl3" / "scalars" / "return.csv").read_text().splitlines()
+    assert [s.split(",")[0] for s in steps] == ["1", "2"]
+    resumed = Trainer(_config(tmp_path / "nan", "checkpoint.resume=true")).train()
+    assert [r["loss_critic"] for r in resumed] == [r["loss_critic"] for r in full[2:]]
+
+
+def test_on_nonfinite_skip_skips_the_bad_minibatch(tmp_path):
+    history = _nan_in_minibatch(Trainer(_config(tmp_path, "ppo.on_nonfinite=skip")), 12).train()
+    assert [r["skipped_minibatches"] for r in history] == [0, 0, 1, 0]
+    assert all(torch.isfinite(torch.tensor(r["loss_critic"])) for r in history)
+
+
+def test_nan_weights_stop_the_run(tmp_path):
+    from rl3_torchrl.training import NonFiniteError
+
+    trainer = Trainer(_config(tmp_path))
+    step, steps = torch.optim.AdamW.step, iter(range(3, -1, -1))
+
+    def poisoning_step(self, *args, **kwargs):  # the last of iteration 1's 4 steps makes a critic weight inf
+        step(self, *args, **kwargs)
+        if next(steps) == 0:
+            with torch.no_grad():
+                self.param_groups[1]["params"][0].fill_(float("inf"))
+
+    trainer.optimizer.step = poisoning_step.__get__(trainer.optimizer)
+    with pytest.raises(NonFiniteError, match=r"iteration 1 \(after the optimizer steps\): the weights \["):
+        trainer.train()
+    assert not (tmp_path / "checkpoint.pt").exists()
+    assert [p for p in (tmp_path / "logs").rglob("*") if p.is_file()] == []  # the logger's empty folders only
+
+
+def test_a_fresh_run_refuses_the_logs_of_a_run_killed_before_its_first_checkpoint(tmp_path):
+    _killed_in_iteration(_config(tmp_path), 2)  # iteration 1 logged, no checkpoint yet
+    with pytest.raises(FileExistsError, match=r"holds the outputs of an earlier run \(logs\).*checkpoint.overwrite"):
+        Trainer(_config(tmp_path))
+    Trainer(_config(tmp_path, "checkpoint.overwrite=true", "iterations=2")).train()
+    steps = (tmp_path / "logs" / "random_mdp_rl3" / "scalars" / "return.csv").read_text().splitlines()
+    assert [s.split(",")[0] for s in steps] == ["1", "2"]
+
+
+def test_a_moved_run_resumes(tmp_path):
+    """The paths (``output_dir``, the log files) are not part of the compared config. (A constant entropy bonus:
+    the linear schedule depends on ``iterations``.)"""
+    full = Trainer(_config(tmp_path / "full", "ppo.entropy_schedule=constant")).train()
+    Trainer(_config(tmp_path / "a", "iterations=2", "ppo.entropy_schedule=constant")).train()
+    (tmp_path / "a").rename(tmp_path / "b")
+    resumed = Trainer(_config(tmp_path / "b", "checkpoint.resume=true", "ppo.entropy_schedule=constant")).train()
+    assert [r["loss_critic"] for r in resumed] == [r["loss_critic"] for r in full[2:]]
+    csv = Path("logs", "random_mdp_rl3", "scalars", "eval_return.csv")
+    assert (tmp_path / "b" / csv).read_text() == (tmp_path / "full" / csv).read_text()
+
+
+def test_horizon_null_resumes_as_the_presets_horizon(tmp_path):
+    bandit = ["env=bandit", "eval.every=0", "iterations=1"]
+    Trainer(_config(tmp_path, *bandit, "horizon=null")).train()
+    resumed = Trainer(_config(tmp_path, *bandit, "horizon=100", "iterations=2", "checkpoint.resume=true")).train()
+    assert len(resumed) == 1
+    with pytest.raises(CheckpointError, match="horizon: checkpoint 100 vs run 50"):
+        Trainer(_config(tmp_path, *bandit, "horizon=50", "iterations=3", "checkpoint.resume=true")).train()
+
+
+def test_a_checkpoint_written_before_the_new_keys_resumes(tmp_path):
+    """A checkpoint of the earlier format (no ppo.on_nonfinite / checkpoint.overwrite keys, log sizes under the
+    absolute path it was written in) resumes in another folder; an eval CSV created after it is deleted."""
+    run = ["eval.every=3"]
+    full = Trainer(_config(tmp_path / "full", *run)).train()
+    _killed_in_iteration(_config(tmp_path / "old", *run), 3)
+    path = tmp_path / "old" / "checkpoint.pt"
+    state = torch.load(path, weights_only=False)
+    for key in ("ppo.on_nonfinite", "checkpoint.overwrite"):
+        del state["config"][key]
+    state["config"]["output_dir"] = "/elsewhere/run"
+    state["log_sizes"] = {f"/elsewhere/run/{name}": size for name, size in state["log_sizes"].items()}
+    save_checkpoint(state, path)
+    late = tmp_path / "old" / "logs" / "random_mdp_rl3" / "scalars" / "eval_return.csv"
+    late.write_text("3,1.0\n")  # as if iteration 3 had been logged before the kill
+    resumed = Trainer(_config(tmp_path / "old", *run, "checkpoint.resume=true")).train()
+    assert [r["loss_critic"] for r in resumed] == [r["loss_critic"] for r in full[2:]]
+    assert late.read_text() == (tmp_path / "full" / late.relative_to(tmp_path / "old")).read_text()
+    save_checkpoint(state, path)  # the earlier format again: a missing key matches only its default
+    with pytest.raises(CheckpointError, match=r"ppo.on_nonfinite: checkpoint 'stop' vs run 'skip'"):
+        Trainer(_config(tmp_path / "old", *run, "ppo.on_nonfinite=skip", "checkpoint.resume=true")).train()

@@ -1,0 +1,225 @@
+"""Faults against a training run: kill -9 at chosen points (save, log, eval, update) and resume, two writers on one
+folder. Every resumed run must end with the logs and the weights of an uninterrupted run."""
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from torchrl.record.loggers.csv import CSVExperiment
+
+import rl3_torchrl.checkpoint
+import rl3_torchrl.evaluation
+from rl3_torchrl.checkpoint import load_checkpoint
+from rl3_torchrl.training import Trainer, load_config
+
+TINY = [
+    "horizon=6",
+    "num_envs=2",
+    "iterations=6",
+    "ppo.epochs=2",
+    "ppo.minibatch_episodes=1",
+    "model.hidden_sizes=[8]",
+    "model.d_model=8",
+    "model.num_heads=2",
+    "model.num_layers=1",
+    "model.ffn_dim=8",
+    "eval.every=3",
+    "eval.num_tasks=2",
+    "checkpoint.every=2",
+    "progress=false",
+]
+# Wall-clock columns differ between any two runs; every other logged value must be equal.
+TIMING = ("frames_per_s", "time_collection", "time_q_estimation", "time_update")
+PHASES = ("save", "log", "eval", "update")
+
+
+def _config(out, *extra):
+    """The run's config; it resumes when a checkpoint exists, like the study's cells, and starts over otherwise."""
+    resume = (Path(out) / "checkpoint.pt").exists()
+    return load_config([*TINY, f"output_dir={out}", f"checkpoint.resume={resume}", f"checkpoint.overwrite={not resume}",
+                        *extra])
+
+
+def _die():
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+def _kill_at(monkeypatch, phase: str, call: int) -> None:
+    """Make this process kill -9 itself at the ``call``-th (1-based) entry into ``phase``."""
+    calls = iter(range(call - 1, -1, -1))
+
+    def hook(original):
+        def wrapper(*args, **kwargs):
+            if phase == "log":  # after the scalar is written: a row half logged
+                result = original(*args, **kwargs)
+                if next(calls) == 0:
+                    _die()
+                return result
+            if next(calls) == 0:
+                _die()
+            return original(*args, **kwargs)
+
+        return wrapper
+
+    if phase == "save":  # the new checkpoint is written to its temporary file, not yet renamed over the old one
+        monkeypatch.setattr(rl3_torchrl.checkpoint.os, "replace", hook(os.replace))
+    elif phase == "log":
+        monkeypatch.setattr(CSVExperiment, "add_scalar", hook(CSVExperiment.add_scalar))
+    elif phase == "eval":
+        monkeypatch.setattr(rl3_torchrl.evaluation, "evaluate_actor", hook(rl3_torchrl.evaluation.evaluate_actor))
+    else:
+        monkeypatch.setattr(Trainer, "update", hook(Trainer.update))
+
+
+def _in_child(target) -> int:
+    """Run ``target()`` in a forked child; returns its exit status (``-9`` when it was killed)."""
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child
+        code = 1
+        try:
+            target()
+            code = 0
+        except BaseException:
+            import traceback
+
+            traceback.print_exc()
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    return -os.WTERMSIG(status) if os.WIFSIGNALED(status) else os.WEXITSTATUS(status)
+
+
+def _run_killed_at(out, phase, call, *extra) -> int:
+    def target():
+        with pytest.MonkeyPatch.context() as monkeypatch:
+            _kill_at(monkeypatch, phase, call)
+            Trainer(_config(out, *extra)).train()
+
+    return _in_child(target)
+
+
+def _logs(out) -> dict:
+    files = sorted(Path(out, "logs").glob("**/*.csv"))
+    return {f.relative_to(out).as_posix(): f.read_text() for f in files if f.stem not in TIMING}
+
+
+def assert_same_run(out, reference):
+    """Same logs (but the wall-clock columns), same weights, optimizer state and RNG streams; nothing left over."""
+    assert _logs(out) == _logs(reference)
+    a, b = load_checkpoint(Path(out) / "checkpoint.pt"), load_checkpoint(Path(reference) / "checkpoint.pt")
+    assert a["iteration"] == b["iteration"]
+    for key in ("actor", "critic"):
+        assert a[key].keys() == b[key].keys()
+        for name in a[key]:
+            assert torch.equal(a[key][name], b[key][name]), (key, name)
+    assert torch.equal(a["torch_rng"], b["torch_rng"])
+    flat = [torch.as_tensor(v) for s in a["optimizer"]["state"].values() for v in s.values()]
+    ref = [torch.as_tensor(v) for s in b["optimizer"]["state"].values() for v in s.values()]
+    assert all(torch.equal(x, y) for x, y in zip(flat, ref)) and len(flat) == len(ref)
+    leftovers = [p.name for p in Path(out).iterdir() if p.name.startswith(".")]
+    assert leftovers == [], leftovers  # no lock, no temporary checkpoint
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    out = tmp_path_factory.mktemp("reference")
+    Trainer(_config(out)).train()
+    return out
+
+
+def test_kill_minus_nine_after_a_new_eval_csv_then_resume(tmp_path, reference):
+    """Killed right after the first evaluation was logged (iteration 3: its CSVs did not exist at the checkpoint of
+    iteration 2), the resumed run logs that evaluation once."""
+    scalars = tmp_path / "run" / "logs" / "random_mdp_rl3" / "scalars"
+    per_iteration = len(list((reference / "logs" / "random_mdp_rl3" / "scalars").glob("*.csv"))) - 3  # 3 eval ones
+    assert _run_killed_at(tmp_path / "run", "log", 3 * per_iteration + 3) == -signal.SIGKILL
+    assert len((scalars / "eval_return.csv").read_text().splitlines()) == 1
+    assert load_checkpoint(tmp_path / "run" / "checkpoint.pt")["iteration"] == 2
+    assert (tmp_path / "run" / ".lock").exists()  # left by the killed process: a stale lock
+    Trainer(_config(tmp_path / "run")).train()
+    assert_same_run(tmp_path / "run", reference)
+    assert [line.split(",")[0] for line in (scalars / "eval_return.csv").read_text().splitlines()] == ["3", "6"]
+
+
+def test_kill_minus_nine_while_saving_leaves_the_old_checkpoint_and_resumes(tmp_path, reference):
+    assert _run_killed_at(tmp_path, "save", 2) == -signal.SIGKILL
+    assert [p.name for p in tmp_path.glob(".checkpoint.pt.tmp-*")] != []
+    assert load_checkpoint(tmp_path / "checkpoint.pt")["iteration"] == 2
+    Trainer(_config(tmp_path)).train()
+    assert_same_run(tmp_path, reference)
+
+
+def test_random_kills_resume_to_the_uninterrupted_run(tmp_path, reference):
+    """≥ 20 kill -9 at random calls of the save, log, eval and update phases, each followed by a resume (which may
+    be killed in turn): every run that finishes equals the uninterrupted one."""
+    rng = random.Random(2306)
+    kills, finished, run = 0, 0, 0
+    phase_kills = dict.fromkeys(PHASES, 0)
+    calls = {"save": 3, "log": 90, "eval": 2, "update": 6}  # each phase's calls in one run
+    while kills < 24 or min(phase_kills.values()) < 4:
+        out = tmp_path / f"run{run}"
+        phase = PHASES[kills % len(PHASES)]
+        status = _run_killed_at(out, phase, rng.randint(1, calls[phase]))
+        if status == -signal.SIGKILL:
+            kills += 1
+            phase_kills[phase] += 1
+            continue
+        assert status == 0
+        assert_same_run(out, reference)
+        finished += 1
+        run += 1
+    if (tmp_path / f"run{run}").exists():  # finish the last run, killed or not
+        Trainer(_config(tmp_path / f"run{run}")).train()
+        assert_same_run(tmp_path / f"run{run}", reference)
+        finished += 1
+    assert kills >= 20 and finished >= 1, (kills, finished, phase_kills)
+
+
+def test_two_concurrent_runs_on_one_output_dir(tmp_path, reference):
+    """While a process trains in a folder, a second one (here this test's process) cannot write into it, whether
+    it resumes or overwrites: it fails naming the owner, and the first run ends unharmed, each iteration logged
+    once."""
+    go = tmp_path / "go"
+
+    def first():
+        update = Trainer.update
+
+        def waiting_update(self, data):
+            while self.iteration == 3 and not go.exists():  # hold the folder until the second run has tried
+                time.sleep(0.01)
+            return update(self, data)
+
+        with pytest.MonkeyPatch.context() as monkeypatch:
+            monkeypatch.setattr(Trainer, "update", waiting_update)
+            Trainer(_config(tmp_path / "run")).train()
+
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child
+        os._exit(_in_child(first))  # a grandchild: its exit status comes back through the child
+    try:
+        deadline = time.monotonic() + 60
+        while not (tmp_path / "run" / "checkpoint.pt").exists():
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        for extra in ("checkpoint.overwrite=true", "checkpoint.resume=true"):
+            with pytest.raises(RuntimeError, match=r"is in use by pid \d+ on host .*one run writes"):
+                Trainer(load_config([*TINY, f"output_dir={tmp_path / 'run'}", extra])).train()
+        assert load_checkpoint(tmp_path / "run" / "checkpoint.pt")["iteration"] == 2
+    finally:
+        go.touch()
+        _, status = os.waitpid(pid, 0)
+    assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0
+    assert_same_run(tmp_path / "run", reference)
+
+
+def test_a_lock_left_by_a_dead_process_is_taken_over(tmp_path):
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    (tmp_path / ".lock").write_text(f'{{"pid": {dead.stdout.strip()}, "host": "{os.uname().nodename}"}}')
+    with rl3_torchrl.checkpoint.RunLock(tmp_path) as lock:
+        assert lock.owner()["pid"] == os.getpid()
+    assert not (tmp_path / ".lock").exists()
