@@ -1,5 +1,6 @@
 """Faults against a training run: kill -9 at chosen points (save, log, eval, update) and resume, two writers on one
-folder. Every resumed run must end with the logs and the weights of an uninterrupted run."""
+folder. Every resumed run must end with the logs and the weights of an uninterrupted run. Then misuse of the envs and
+the policy that used to give silently wrong data: each must raise."""
 import os
 import random
 import signal
@@ -15,7 +16,9 @@ from torchrl.record.loggers.csv import CSVExperiment
 import rl3_torchrl.checkpoint
 import rl3_torchrl.evaluation
 from rl3_torchrl.checkpoint import load_checkpoint
-from rl3_torchrl.training import Trainer, load_config
+from rl3_torchrl.envs import GridworldEnv, RandomMDPEnv
+from rl3_torchrl.tasks import make_meta_env
+from rl3_torchrl.training import NonFiniteError, Trainer, load_config
 
 TINY = [
     "horizon=6",
@@ -223,3 +226,53 @@ def test_a_lock_left_by_a_dead_process_is_taken_over(tmp_path):
     with rl3_torchrl.checkpoint.RunLock(tmp_path) as lock:
         assert lock.owner()["pid"] == os.getpid()
     assert not (tmp_path / ".lock").exists()
+
+
+@pytest.mark.parametrize("env_cls", [RandomMDPEnv, GridworldEnv])
+def test_step_before_reset_and_past_the_horizon_raise(env_cls):
+    env = env_cls(num_envs=2, horizon=3)
+    action = env.action_spec.zero()
+    with pytest.raises(RuntimeError, match=rf"{env_cls.__name__}.step\(\) before reset\(\)"):
+        env.step(env.full_action_spec.zero())
+    td = env.reset().set("action", action)
+    for _ in range(3):
+        td = env.step(td)["next"].set("action", action)
+    with pytest.raises(RuntimeError, match=r"rows \[0, 1\] already took horizon=3 steps"):
+        env.step(td)
+
+
+@pytest.mark.parametrize("seed, match", [(-1, r"seed=-1 is out of range"), (2**64, r"seed=18446744073709551616 is ")])
+def test_invalid_seeds_raise(seed, match):
+    with pytest.raises(ValueError, match=match):
+        RandomMDPEnv(num_envs=1, seed=seed)
+    with pytest.raises(ValueError, match=match):
+        RandomMDPEnv(num_envs=1).set_seed(seed)
+
+
+def test_reward_parameters_that_overflow_float32_raise():
+    with pytest.raises(ValueError, match=r"reward_mean_loc=1e\+39.*overflow float32 rewards"):
+        RandomMDPEnv(num_envs=1, reward_mean_loc=1e39)
+    with pytest.raises(ValueError, match="overflow float32 rewards"):
+        RandomMDPEnv(num_envs=1, reward_noise_std=1e38)
+
+
+def test_nan_policy_inputs_or_weights_raise_instead_of_picking_action_0(tmp_path):
+    trainer = Trainer(load_config([*TINY, f"output_dir={tmp_path}"]))
+    env = make_meta_env("random_mdp", "rl3", 2, horizon=6)
+    td = env.reset()
+    td["observation"] = td["observation"] * float("nan")
+    with pytest.raises(ValueError, match=r"\['logits'\] are not finite: non-finite inputs \['observation'\]"):
+        trainer.actor(td)
+    with torch.no_grad():
+        next(trainer.actor.parameters()).fill_(float("nan"))
+    with pytest.raises(ValueError, match=r"outputs \['logits'\] are not finite: the inputs are finite: non-finite w"):
+        trainer.actor(env.reset())
+    # off CPU the module does not check (no host sync per step): the Trainer checks each collected batch once
+    batch = env.rollout(6, break_when_any_done=False)
+    batch["logits"] = torch.full((2, 6, 5), float("nan"))
+    with pytest.raises(NonFiniteError, match=r"iteration 1 \(the collected batch\): the policy's logits"):
+        trainer._check_batch(batch)
+    batch["logits"].zero_()
+    batch["next", "reward"][0, 3] = float("inf")
+    with pytest.raises(NonFiniteError, match=r"iteration 1 \(the collected batch\): the env's rewards not finite"):
+        trainer._check_batch(batch)

@@ -21,6 +21,8 @@ from torchrl.envs import EnvBase
 from rl3_torchrl._validation import check_choice, check_int
 
 SPLITS = ("train", "test")
+#: The largest seed: seeds are 64-bit (a larger one would silently wrap onto a smaller one's tasks).
+MAX_SEED = 2**64 - 1
 
 # Keys written by every meta-task env, besides "observation", "reward" and the done keys.
 STATE_KEY = "state"
@@ -61,8 +63,11 @@ class MetaTaskEnv(EnvBase):
     Keyword Args:
         split (str): ``"train"`` or ``"test"``; the two draw tasks from disjoint random streams.
         seed (int): the seed of the task and dynamics streams.
-        validate_actions (bool, optional): check every action's dtype, shape and range. The range check is one
-            host sync per step on an accelerator, so the default (``None``) checks on CPU only.
+        validate_actions (bool, optional): check every action's dtype, shape and range, and that no row steps past
+            ``horizon`` without a reset. These checks are one host sync per step on an accelerator, so the default
+            (``None``) checks on CPU only. ``False`` is unsafe with untrusted actions: an out-of-range action then
+            silently reads the dynamics of another (state, action) row instead of failing; pass ``True`` while
+            debugging on an accelerator.
         device: the device of every tensor of the env.
 
     Output keys (besides ``reward`` and ``done``/``terminated``/``truncated``):
@@ -116,7 +121,7 @@ class MetaTaskEnv(EnvBase):
         self.register_buffer("_meta_t", zeros.clone())
         self.register_buffer("_episode_t", zeros.clone())
         self._make_specs()
-        self.set_seed(check_int("seed", seed))
+        self.set_seed(seed)
 
     # ------------------------------------------------------------------ construction
     @classmethod
@@ -158,7 +163,7 @@ class MetaTaskEnv(EnvBase):
 
     # ------------------------------------------------------------------ seeding
     def _set_seed(self, seed: int | None) -> None:
-        seed = 0 if seed is None else int(seed)
+        seed = 0 if seed is None else check_int("seed", seed, low=0, high=MAX_SEED)
         self._task_rng = torch.Generator(device=self.device).manual_seed(stream_seed(seed, self.split, "tasks"))
         self._dynamics_rng = torch.Generator(device=self.device).manual_seed(
             stream_seed(seed, self.split, "dynamics")
@@ -206,9 +211,17 @@ class MetaTaskEnv(EnvBase):
         return self._output(self._state, no, no, no)
 
     def _step(self, tensordict: TensorDictBase) -> TensorDictBase:
+        if not self._has_tasks:
+            raise RuntimeError(f"{type(self).__name__}.step() before reset(): call env.reset() first to draw tasks.")
         action = tensordict.get("action")
         if self.validate_actions:
             self._check_action(action)
+            ended = self._meta_t >= self.horizon
+            if bool(ended.any()):
+                raise RuntimeError(
+                    f"rows {ended.nonzero().flatten()[:5].tolist()} already took horizon={self.horizon} steps: reset "
+                    "them (their done flag is set) before stepping again."
+                )
         reached, reward, inner_done, terminal, done = self.advance_tasks(action)
         out = self._output(reached, inner_done.unsqueeze(-1), terminal.unsqueeze(-1), done.unsqueeze(-1))
         out.set("reward", reward.to(torch.float32).unsqueeze(-1))

@@ -8,6 +8,9 @@ from rl3_torchrl.envs.meta_env import MetaTaskEnv
 
 REWARD_DISTRIBUTIONS = ("gaussian", "bernoulli")
 MEAN_DISTRIBUTIONS = ("normal", "uniform")
+#: Rewards reach at most ``|reward_mean_loc| + REWARD_SIGMAS × (reward_mean_scale + reward_noise_std)`` in
+#: practice (normal draws beyond 10σ have probability < 1e-23); this must fit float32.
+REWARD_SIGMAS = 10
 
 
 class RandomMDPEnv(MetaTaskEnv):
@@ -109,6 +112,13 @@ class RandomMDPEnv(MetaTaskEnv):
         self.reward_distribution = check_choice("reward_distribution", reward_distribution, REWARD_DISTRIBUTIONS)
         self.reward_noise_std = check_float("reward_noise_std", reward_noise_std, low=0.0)
         self.reward_mean_clip = _check_clip(reward_mean_clip, self.reward_distribution)
+        reach = abs(self.reward_mean_loc) + REWARD_SIGMAS * (self.reward_mean_scale + self.reward_noise_std)
+        if reach > torch.finfo(torch.float32).max:
+            raise ValueError(
+                f"reward_mean_loc={reward_mean_loc!r}, reward_mean_scale={reward_mean_scale!r} and "
+                f"reward_noise_std={reward_noise_std!r} overflow float32 rewards: |loc| + {REWARD_SIGMAS} × "
+                f"(scale + noise_std) must be at most {torch.finfo(torch.float32).max:.3g}."
+            )
         n_states = check_int("n_states", n_states, low=1)
         self._start = check_int("start_state", start_state, low=0, high=n_states - 1)
         super().__init__(

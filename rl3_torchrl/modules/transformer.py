@@ -385,6 +385,10 @@ class TransformerModule(TensorDictModuleBase):
         out_keys (sequence of NestedKey): one per head.
         is_init_key (NestedKey): the reset flag. Default ``"is_init"``.
         default_recurrent_mode (bool): path used when ``recurrent_mode()`` is unset. Default False (step path).
+        check_finite (bool, optional): raise a ``ValueError`` when an output is not finite (NaN inputs or
+            weights; a policy would otherwise silently sample action 0 from NaN logits). The check is one host sync
+            per call on an accelerator, so the default (``None``) checks on CPU only; on an accelerator the
+            :class:`~rl3_torchrl.training.Trainer` checks the logits once per collected batch.
 
     Examples:
         >>> import torch
@@ -400,6 +404,10 @@ class TransformerModule(TensorDictModuleBase):
         ...     window = module(data)["logits"]
         >>> torch.allclose(steps, window, atol=1e-5)
         True
+        >>> module(data.apply(lambda x: x * float("nan") if x.is_floating_point() else x)[:, 0])
+        Traceback (most recent call last):
+        ...
+        ValueError: TransformerModule outputs ['logits'] are not finite: non-finite inputs ['obs'].
     """
 
     def __init__(
@@ -411,6 +419,7 @@ class TransformerModule(TensorDictModuleBase):
         out_keys: Sequence,
         is_init_key="is_init",
         default_recurrent_mode: bool = False,
+        check_finite: bool | None = None,
     ):
         super().__init__()
         if not isinstance(backbone, CausalTransformer):
@@ -430,6 +439,7 @@ class TransformerModule(TensorDictModuleBase):
         self.backbone = backbone
         self.heads = nn.ModuleList(heads)
         self._default_recurrent_mode = bool(default_recurrent_mode)
+        self.check_finite = check_finite
         self._cache = None
 
     @property
@@ -476,6 +486,16 @@ class TransformerModule(TensorDictModuleBase):
                 self._cache = self.backbone.make_cache(x)
             features = self.backbone.step(x, is_init, self._cache)
         features = features.reshape(*shape, -1)
-        for key, head in zip(self.out_keys, self.heads):
-            tensordict.set(key, head(features))
+        outputs = [head(features) for head in self.heads]
+        check = features.device.type == "cpu" if self.check_finite is None else self.check_finite
+        if check and not bool(torch.stack([torch.isfinite(out).all() for out in outputs]).all()):
+            raise self._nonfinite_error(tensordict, outputs)
+        for key, out in zip(self.out_keys, outputs):
+            tensordict.set(key, out)
         return tensordict
+
+    def _nonfinite_error(self, tensordict: TensorDictBase, outputs) -> ValueError:
+        bad_out = [key for key, out in zip(self.out_keys, outputs) if not bool(torch.isfinite(out).all())]
+        bad_in = [key for key in self.token_keys if not bool(torch.isfinite(tensordict.get(key).float()).all())]
+        cause = f"non-finite inputs {bad_in}" if bad_in else "the inputs are finite: non-finite weights"
+        return ValueError(f"TransformerModule outputs {bad_out} are not finite: {cause}.")
