@@ -374,7 +374,8 @@ def _fmt(mean: float, se: float) -> str:
 
 
 def report_study(study: DictConfig, root) -> str:
-    """Write ``table.md``, ``return_vs_horizon.png`` and ``learning_curves.png`` under ``root``; returns the table.
+    """Write ``table.md``, ``return_vs_horizon.png``, ``learning_curves.png`` and ``entropy_curves.png`` (the
+    policy's entropy during training, mean ± SE over seeds) under ``root``; returns the table.
 
     The table holds every (method, H) in distribution and out of distribution, then each claim of issue #12 with
     the figure that tests it. Everything is computed from ``cells.csv``, ``baselines.csv`` and the cells' logs.
@@ -424,11 +425,15 @@ def report_study(study: DictConfig, root) -> str:
     if plot_rows:
         fig = plot_return_vs_horizon(plot_rows, ood_tasks=ood_tasks, reference_methods=study.evaluation.baselines)
         fig.savefig(root / "return_vs_horizon.png", dpi=120)
-    curves = learning_curves(study_cells(study, root))
-    if curves:
-        fig = plot_learning_curves({f"{a} (H={h}, {c[3]} seeds)": c[:3] for (a, h), c in sorted(curves.items())},
-                                   panel=lambda label: label.split("(")[1].split(",")[0])
-        fig.savefig(root / "learning_curves.png", dpi=120)
+    cells = study_cells(study, root)
+    for key, figure, ylabel in (("eval_normalized_return", "learning_curves.png", None),
+                                ("entropy", "entropy_curves.png", "policy entropy (nats)")):
+        curves = learning_curves(cells, key)
+        if curves:
+            fig = plot_learning_curves(
+                {f"{a} (H={h}, {c[3]} seeds)": c[:3] for (a, h), c in sorted(curves.items())},
+                panel=lambda label: label.split("(")[1].split(",")[0], **({"ylabel": ylabel} if ylabel else {}))
+            fig.savefig(root / figure, dpi=120)
     return text
 
 

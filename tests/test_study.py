@@ -104,7 +104,7 @@ def test_study_trains_resumes_evaluates_and_reports(tmp_path):
     for row in cells_rows[:1]:
         assert row["algo"] in text
     assert "RL² learns" in text and "Sample efficiency" in text
-    for figure in ("return_vs_horizon.png", "learning_curves.png"):
+    for figure in ("return_vs_horizon.png", "learning_curves.png", "entropy_curves.png"):
         assert (tmp_path / figure).stat().st_size > 0
     manifest = write_manifest(longer, tmp_path, command="pytest", wall_s=1.0).read_text()
     assert manifest.count("python recipes/ppo_rl3.py") == 4 and "torchrl" in manifest and "frames" in manifest
