@@ -35,6 +35,7 @@ from tqdm.auto import tqdm
 
 from rl3_torchrl._validation import check_choice, check_int
 from rl3_torchrl.checkpoint import load_checkpoint
+from rl3_torchrl.evaluation import BASELINE_REGISTRY
 from rl3_torchrl.tasks import ALGOS, TASKS, task_family
 from rl3_torchrl.training import CHECKPOINT_NAME, CONFIG_DIR, flat_config, load_config, named_configs
 
@@ -119,6 +120,9 @@ def validate_study(study: DictConfig) -> DictConfig:
         check_int(f"{name}.horizons", horizon, low=1)
     study.evaluation.setdefault("num_tasks", 1000)
     study.evaluation.setdefault("baselines", ["random"])
+    check_int(f"{name}.evaluation.num_tasks", study.evaluation.num_tasks, low=1)
+    for method in study.evaluation.baselines:
+        check_choice(f"{name}.evaluation.baselines", method, BASELINE_REGISTRY)
     return study
 
 

@@ -141,6 +141,7 @@ def test_learning_curves_average_the_seeds_at_common_iterations(tmp_path):
         ({"algos": ["rl4"]}, "tiny.algos='rl4' is not allowed"),
         ({"seeds": [-1]}, "tiny.seeds=-1 is out of range"),
         ({"config": "nope"}, "tiny.config='nope' is not allowed"),
+        ({"evaluation": {"baselines": ["psrl", "nope"]}}, "tiny.evaluation.baselines='nope' is not allowed"),
     ],
 )
 def test_bad_study(change, match):
