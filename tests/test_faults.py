@@ -276,3 +276,52 @@ def test_nan_policy_inputs_or_weights_raise_instead_of_picking_action_0(tmp_path
     batch["next", "reward"][0, 3] = float("inf")
     with pytest.raises(NonFiniteError, match=r"iteration 1 \(the collected batch\): the env's rewards not finite"):
         trainer._check_batch(batch)
+
+
+def test_past_the_horizon_raises_without_action_checks_and_syncs_once_per_meta_episode(monkeypatch):
+    # the accelerator default (validate_actions=False): the host-side bound reads the device only at the horizon
+    env = RandomMDPEnv(num_envs=2, horizon=3, validate_actions=False)
+    syncs = []
+    check = env._check_horizon
+    monkeypatch.setattr(env, "_check_horizon", lambda: syncs.append(env._steps_bound) or check())
+    rollout = env.rollout(9, break_when_any_done=False)  # three meta-episodes, partial resets (a `_reset` mask)
+    assert rollout["next", "meta_step"].max() == 1 and syncs == [3, 3]
+    td = env.reset().set("action", env.action_spec.zero())
+    for _ in range(3):
+        td = env.step(td)["next"].set("action", env.action_spec.zero())
+    with pytest.raises(RuntimeError, match=r"rows \[0, 1\] already took horizon=3 steps"):
+        env.step(td)
+
+
+@pytest.mark.parametrize("dtype, visits", [(torch.float16, "2048"), (torch.bfloat16, "256")])
+def test_half_precision_count_models_are_refused(dtype, visits):
+    from rl3_torchrl.transforms import DenseCountModel, OnlineQEstimator
+
+    match = rf"dtype={dtype}.*stop growing at 2048 / 256 visits.*allowed: \[torch.float32, torch.float64\]"
+    with pytest.raises(ValueError, match=match):
+        OnlineQEstimator(dtype=dtype)
+    with pytest.raises(ValueError, match=match):
+        DenseCountModel(2, 1, laplace=0.1, gamma=0.9, dtype=dtype)
+
+
+def test_a_nan_reward_reaching_the_estimator_raises():
+    from torchrl.envs import Compose, Transform, TransformedEnv
+
+    from rl3_torchrl.transforms import OnlineQEstimator
+
+    class NaNReward(Transform):  # row 1's 4th reward of the meta-episode is NaN
+        step = 0
+
+        def _step(self, tensordict, next_tensordict):
+            self.step += 1
+            if self.step == 4:
+                next_tensordict["reward"][1] = float("nan")
+            return next_tensordict
+
+    env = TransformedEnv(RandomMDPEnv(num_envs=3, horizon=10), Compose(NaNReward(), OnlineQEstimator()))
+    match = r"reward_key='reward' holds non-finite values \[nan\] at rows \[1\] \(their step \[4\] of the meta"
+    with pytest.raises(ValueError, match=match):
+        env.rollout(10)
+    # off CPU the estimator does not check (no host sync per step): the Trainer's batch check catches the reward
+    env = TransformedEnv(RandomMDPEnv(num_envs=3, horizon=10), Compose(NaNReward(), OnlineQEstimator(validate=False)))
+    assert env.rollout(10)["next", "q_features"][1, 3, :6].isnan().all()  # the values and advantages

@@ -63,11 +63,13 @@ class MetaTaskEnv(EnvBase):
     Keyword Args:
         split (str): ``"train"`` or ``"test"``; the two draw tasks from disjoint random streams.
         seed (int): the seed of the task and dynamics streams.
-        validate_actions (bool, optional): check every action's dtype, shape and range, and that no row steps past
-            ``horizon`` without a reset. These checks are one host sync per step on an accelerator, so the default
-            (``None``) checks on CPU only. ``False`` is unsafe with untrusted actions: an out-of-range action then
-            silently reads the dynamics of another (state, action) row instead of failing; pass ``True`` while
-            debugging on an accelerator.
+        validate_actions (bool, optional): check every action's dtype, shape and range. These checks are one host
+            sync per step on an accelerator, so the default (``None``) checks on CPU only. ``False`` is unsafe with
+            untrusted actions: an out-of-range action then silently reads the dynamics of another (state, action)
+            row instead of failing; pass ``True`` while debugging on an accelerator. A step of a row that already
+            took ``horizon`` steps without a reset raises either way: the env keeps an upper bound of the steps
+            taken on the host and reads the device only once it reaches ``horizon`` (about once per meta-episode,
+            every step with ``validate_actions``).
         device: the device of every tensor of the env.
 
     Output keys (besides ``reward`` and ``done``/``terminated``/``truncated``):
@@ -120,6 +122,7 @@ class MetaTaskEnv(EnvBase):
         self.register_buffer("_start_state", zeros.clone())
         self.register_buffer("_meta_t", zeros.clone())
         self.register_buffer("_episode_t", zeros.clone())
+        self._steps_bound = 0  # an upper bound of _meta_t.max(), kept on the host (see _check_horizon)
         self._make_specs()
         self.set_seed(seed)
 
@@ -206,6 +209,8 @@ class MetaTaskEnv(EnvBase):
         self._has_tasks = True
         self._state = torch.where(mask, self._start_state, self._state)
         self._meta_t = torch.where(mask, 0, self._meta_t)
+        if reset is None:
+            self._steps_bound = 0  # a partial reset keeps the bound: refreshed when it reaches the horizon
         self._episode_t = torch.where(mask, 0, self._episode_t)
         no = torch.zeros((*self.batch_size, 1), dtype=torch.bool, device=self.device)
         return self._output(self._state, no, no, no)
@@ -216,12 +221,8 @@ class MetaTaskEnv(EnvBase):
         action = tensordict.get("action")
         if self.validate_actions:
             self._check_action(action)
-            ended = self._meta_t >= self.horizon
-            if bool(ended.any()):
-                raise RuntimeError(
-                    f"rows {ended.nonzero().flatten()[:5].tolist()} already took horizon={self.horizon} steps: reset "
-                    "them (their done flag is set) before stepping again."
-                )
+        if self.validate_actions or self._steps_bound >= self.horizon:
+            self._check_horizon()
         reached, reward, inner_done, terminal, done = self.advance_tasks(action)
         out = self._output(reached, inner_done.unsqueeze(-1), terminal.unsqueeze(-1), done.unsqueeze(-1))
         out.set("reward", reward.to(torch.float32).unsqueeze(-1))
@@ -237,6 +238,7 @@ class MetaTaskEnv(EnvBase):
         """
         reached, reward, terminal = self._advance(self._state, action)
         self._meta_t = self._meta_t + 1
+        self._steps_bound += 1
         self._episode_t = self._episode_t + 1
         inner_done = terminal
         if self.episode_length is not None:
@@ -263,6 +265,17 @@ class MetaTaskEnv(EnvBase):
             batch_size=self.batch_size,
             device=self.device,
         )
+
+    def _check_horizon(self) -> None:
+        """Raise if a row already took ``horizon`` steps; otherwise make the host-side bound exact (one sync)."""
+        taken = int(self._meta_t.max())
+        if taken >= self.horizon:
+            ended = self._meta_t >= self.horizon
+            raise RuntimeError(
+                f"rows {ended.nonzero().flatten()[:5].tolist()} already took horizon={self.horizon} steps: reset "
+                "them (their done flag is set) before stepping again."
+            )
+        self._steps_bound = taken
 
     def _check_action(self, action) -> None:
         if not isinstance(action, torch.Tensor):

@@ -38,6 +38,18 @@ from rl3_torchrl.transforms.value_iteration import DenseBackup, SparseBackup, va
 #: The reward estimates: ``"transition"`` (the paper's: per-``(s, a, s')`` means under the smoothed ``P̂``) and
 #: ``"pair"`` (ours: the plain per-``(s, a)`` mean).
 REWARD_MODELS = ("transition", "pair")
+# The float dtypes of the models: their counts stay exact up to 2**24 (float32) or 2**53 visits, whereas float16 and
+# bfloat16 would silently stop counting at 2048 and 256.
+_COUNT_DTYPES = (torch.float32, torch.float64)
+
+
+def _check_count_dtype(dtype) -> torch.dtype:
+    """Return ``dtype`` after checking it holds the models' counts exactly; half precision is refused."""
+    if dtype not in _COUNT_DTYPES:
+        half = dtype in (torch.float16, torch.bfloat16)
+        why = " (its counts would stop growing at 2048 / 256 visits)" if half else ""
+        raise ValueError(f"dtype={dtype!r} is not allowed{why}; allowed: {list(_COUNT_DTYPES)}.")
+    return dtype
 
 
 class _CountModel(nn.Module):
@@ -55,7 +67,7 @@ class _CountModel(nn.Module):
     ):
         super().__init__()
         self.n_states, self.n_actions = n_states, n_actions
-        self.laplace, self.gamma, self.dtype = laplace, gamma, dtype
+        self.laplace, self.gamma, self.dtype = laplace, gamma, _check_count_dtype(dtype)
         self.reward_model = check_choice("reward_model", reward_model, REWARD_MODELS)
         for name in self._layout():
             self.register_buffer(name, nn.parameter.UninitializedBuffer())
@@ -154,7 +166,7 @@ class DenseCountModel(_CountModel):
     """A count model over a fixed set of ``n_states`` states, with ``γ·P̂`` kept dense and updated incrementally.
 
     Keyword Args:
-        laplace (float): ``α``; gamma (float): ``γ``; dtype: the float dtype.
+        laplace (float): ``α``; gamma (float): ``γ``; dtype: the float dtype, float32 or float64.
         reward_model (str): ``"transition"`` (the paper's, default) or ``"pair"`` (ours); see :data:`REWARD_MODELS`.
 
     Examples:
@@ -234,7 +246,7 @@ class SparseCountModel(_CountModel):
         n_actions (int): the number of actions.
 
     Keyword Args:
-        laplace (float): ``α``; gamma (float): ``γ``; dtype: the float dtype.
+        laplace (float): ``α``; gamma (float): ``γ``; dtype: the float dtype, float32 or float64.
         reward_model (str): ``"transition"`` (the paper's, default) or ``"pair"`` (ours); see :data:`REWARD_MODELS`.
             Each edge keeps the sum of its rewards, so ``R̂(s, a, s')`` is one division.
         abstraction (StateAbstraction, optional): group states online; the model then runs on group ids while

@@ -12,7 +12,7 @@ from torchrl.envs.transforms.utils import _get_reset
 from rl3_torchrl._validation import check_choice, check_float, check_int
 from rl3_torchrl.transforms._spec_utils import action_index, get_key, parent_action_size
 from rl3_torchrl.transforms.abstraction import StateAbstraction
-from rl3_torchrl.transforms.count_model import REWARD_MODELS, DenseCountModel, SparseCountModel
+from rl3_torchrl.transforms.count_model import REWARD_MODELS, DenseCountModel, SparseCountModel, _check_count_dtype
 
 #: The features shown after an inner-episode restart: ``"cached"`` (the paper's) or ``"fresh"`` (ours).
 RESTART_FEATURES = ("cached", "fresh")
@@ -110,10 +110,14 @@ class OnlineQEstimator(Transform):
         abstraction_radius (float or "auto", optional): build a :meth:`StateAbstraction.grid` abstraction for a
             square grid whose states are ``row·N + col``; ``"auto"`` takes the paper's radius for ``N``.
         n_states (int, optional): the number of states; default: the ``n`` of the ``Categorical`` state spec.
-        dtype (torch.dtype): the float dtype of the model (default float32; the features are float32).
+        dtype (torch.dtype): the float dtype of the model, float32 (default; counts exact up to 2**24 visits) or
+            float64; half precision is refused (its counts would stop growing at 2048 or 256). The features are
+            float32.
         device: where the model lives; default: the device of the data at the first reset.
-        validate (bool, optional): check that state indices are in range; one host sync per step on an accelerator,
-            so the default (``None``) checks on CPU only.
+        validate (bool, optional): check that state indices are in range and that rewards are finite (a NaN reward
+            would make its row's features NaN for the rest of the meta-episode); one host sync per step on an
+            accelerator, so the default (``None``) checks on CPU only. Off CPU, :class:`~rl3_torchrl.training.Trainer`
+            checks the rewards of each collected batch once instead.
         state_key, action_key, reward_key (NestedKey): the inputs (``"state"``, ``"action"``, ``"reward"``).
         next_state_key (NestedKey, optional): the state reached by the transition; default ``"reached_state"``
             when the env writes it, else ``state_key`` of ``"next"``.
@@ -196,9 +200,7 @@ class OnlineQEstimator(Transform):
         self.restart_features = check_choice("restart_features", restart_features, RESTART_FEATURES)
         self.exploration_bonus = check_float("exploration_bonus", exploration_bonus, low=0.0)
         self.n_states = None if n_states is None else check_int("n_states", n_states, low=1)
-        if dtype not in (torch.float16, torch.bfloat16, torch.float32, torch.float64):
-            raise ValueError(f"dtype={dtype!r} is not allowed; use a float dtype such as torch.float32.")
-        self.dtype = dtype
+        self.dtype = _check_count_dtype(dtype)
         self.model_device = None if device is None else torch.device(device)
         self.validate = validate
         if abstraction is not None and abstraction_radius is not None:
@@ -335,6 +337,8 @@ class OnlineQEstimator(Transform):
         action = get_key(tensordict, self.action_key, "action_key", "OnlineQEstimator")
         action = action_index(action, config["one_hot"]).reshape(-1).to(device)
         reward = get_key(next_tensordict, self.reward_key, "reward_key", "OnlineQEstimator").reshape(-1).to(device)
+        if self._validating(reward):
+            self._check_rewards(reward)
         reached = self._states(next_tensordict, config["next_state_key"], "next_state_key", config).to(device)
         current = self._states(next_tensordict, self.state_key, "state_key", config).to(device)
         if config["terminal_key"] is None:
@@ -358,8 +362,7 @@ class OnlineQEstimator(Transform):
 
     def _states(self, tensordict, key, argument, config, check=True) -> torch.Tensor:
         states = get_key(tensordict, key, argument, "OnlineQEstimator").reshape(-1)
-        validate = states.device.type == "cpu" if self.validate is None else self.validate
-        if validate and check:
+        if check and self._validating(states):
             low, high = torch.stack([states.min(), states.max()]).tolist()
             if low < 0 or high >= config["n_states"]:
                 bad = states[(states < 0) | (states >= config["n_states"])][:5].tolist()
@@ -368,6 +371,21 @@ class OnlineQEstimator(Transform):
                     f"[0, {config['n_states'] - 1}] (n_states={config['n_states']})."
                 )
         return states
+
+    def _validating(self, data: torch.Tensor) -> bool:
+        return data.device.type == "cpu" if self.validate is None else self.validate
+
+    def _check_rewards(self, reward: torch.Tensor) -> None:
+        bad = ~torch.isfinite(reward)
+        if bool(bad.any()):
+            rows = bad.nonzero().flatten()[:5]
+            steps = self.model.counts[rows].flatten(1).sum(-1).long() + 1  # this transition, counted from 1
+            raise ValueError(
+                f"OnlineQEstimator: reward_key={self.reward_key!r} holds non-finite values "
+                f"{reward[rows].tolist()} at rows {rows.tolist()} (their step {steps.tolist()} of the meta-episode); "
+                "allowed: finite rewards. A NaN or inf reward would make those rows' features NaN for the rest of "
+                "the meta-episode."
+            )
 
     def _write(self, tensordict: TensorDictBase, states: torch.Tensor) -> TensorDictBase:
         if self.restart_features == "cached":
