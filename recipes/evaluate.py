@@ -7,9 +7,11 @@
         --baseline-params ucrl2.scale=0.1 opsrl.num_samples=8   # Duan et al.'s baselines, tuned defaults overridden
     python recipes/evaluate.py --horizons 128 512 --checkpoints "rl3=runs/rl3_H{H}/checkpoint.pt"  # one model per H
 
-Every method sees the same test tasks. Writes ``results.csv``, ``results.md``, ``return_vs_horizon.png``,
-``inner_episode_returns.png``, the meta-training curves of the checkpoints (``training_curves.png``) and, for
-gridworlds, ``value_map.png`` (one meta-episode with the online Q estimator's values drawn on the grid) to ``--out``.
+Every method sees the same test tasks. Every requested H, method and checkpoint is checked before any work (a
+checkpoint acts at most at the H it was trained at). Writes ``results.csv`` (each row as soon as it is finished, so a
+later failure loses nothing), ``results.md``, ``return_vs_horizon.png``, ``inner_episode_returns.png``, the
+meta-training curves of the checkpoints (``training_curves.png``) and, for gridworlds, ``value_map.png`` (one
+meta-episode with the online Q estimator's values drawn on the grid) to ``--out``.
 """
 from __future__ import annotations
 
@@ -64,6 +66,10 @@ def parse_args(argv=None):
     bad = [c for c in args.checkpoints if "=" not in c]
     if bad:
         parser.error(f"--checkpoints takes NAME=PATH pairs, got {bad}")
+    for option, values in (("--horizons", args.horizons), ("--num-tasks", [args.num_tasks]),
+                           ("--batch-size", [args.batch_size])):
+        if min(values) < 1:
+            parser.error(f"{option} takes positive integers, got {min(values)}")
     args.params = {}
     for item in args.baseline_params:
         method, _, assignment = item.partition(".")
@@ -80,7 +86,7 @@ def parse_args(argv=None):
 
 def evaluate_checkpoint(pattern, args, common, log_dirs, name, *, task, horizon):
     """Evaluate the checkpoint ``pattern.format(H=horizon)`` on ``task``; remember its training logs."""
-    actor, cfg = load_actor(pattern.format(H=horizon), task=args.task, device=args.device)
+    actor, cfg = load_actor(pattern.format(H=horizon), task=args.task, horizon=horizon, device=args.device)
     log_dir = Path(cfg.output_dir) / "logs" / cfg.logger.exp_name
     if log_dir.is_dir():
         log_dirs[f"{name} (H={horizon})" if "{H}" in pattern else name] = log_dir
@@ -90,26 +96,32 @@ def evaluate_checkpoint(pattern, args, common, log_dirs, name, *, task, horizon)
 def main(argv=None):
     args = parse_args(argv)
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
     common = dict(num_tasks=args.num_tasks, batch_size=args.batch_size, seed=args.seed, device=args.device,
                   max_inner_episodes=50)
     methods = {name: partial(evaluate_baseline, name, params=args.params.get(name), **common) for name in args.methods}
     log_dirs = {}
     for item in args.checkpoints:
         name, pattern = item.split("=", 1)
-        for horizon in args.horizons:  # fail fast on a missing, corrupt or mismatched checkpoint
-            load_actor(pattern.format(H=horizon), task=args.task)
+        for horizon in args.horizons:  # fail fast on a missing, corrupt or mismatched checkpoint, or too long an H
+            load_actor(pattern.format(H=horizon), task=args.task, horizon=horizon)
         methods[name] = partial(evaluate_checkpoint, pattern, args, common, log_dirs, name)
     tasks = [args.task] if args.in_distribution_only else task_family(args.task)
-    for name in args.methods:  # fail fast: a bad hyper-parameter, or a method that cannot run on a task
-        for task in tasks:
-            baseline_policy(name, make_task_env(task, 1), **args.params.get(name, {}))
-    rows = return_vs_horizon(methods, tasks, args.horizons)
+    for task in tasks:  # fail fast: an H a task refuses, a bad hyper-parameter, a method that cannot run on a task
+        for horizon in args.horizons:
+            env = make_task_env(task, 1, horizon=horizon)
+            for name in args.methods:
+                baseline_policy(name, env, **args.params.get(name, {}))
 
-    with open(out / "results.csv", "w", newline="") as f:
+    out.mkdir(parents=True, exist_ok=True)
+    with open(out / "results.csv", "w", newline="") as f:  # each row as soon as it is finished
         writer = csv.DictWriter(f, fieldnames=COLUMNS, extrasaction="ignore")
         writer.writeheader()
-        writer.writerows(rows)
+
+        def write(row):
+            writer.writerow(row)
+            f.flush()
+
+        rows = return_vs_horizon(methods, tasks, args.horizons, on_row=write)
     table = ["| method | task | H | return | oracle-normalised |", "|---|---|---|---|---|"]
     table += [
         f"| {r['method']} | {r['task']} | {r['horizon']} | {r['return_mean']:.2f} ± {r['return_stderr']:.2f} "

@@ -355,14 +355,26 @@ def evaluate_actor(actor, task: str, algo: str, **kwargs) -> dict:
 
 
 def return_vs_horizon(
-    methods: dict[str, Callable[..., dict]], tasks: Sequence[str], horizons: Sequence[int]
+    methods: dict[str, Callable[..., dict]],
+    tasks: Sequence[str],
+    horizons: Sequence[int],
+    *,
+    on_row: Callable[[dict], None] | None = None,
 ) -> list[dict]:
     """Run ``methods[name](task=..., horizon=...)`` for every task and horizon; returns one row per run.
+
+    Keyword Args:
+        on_row (callable, optional): called with each row as soon as it is finished (e.g. to append it to a file,
+            so that a later failure loses nothing).
 
     Examples:
         >>> from functools import partial
         >>> rows = return_vs_horizon({"oracle": partial(evaluate_baseline, "oracle", num_tasks=2)},
-        ...                          ["bandit", "bandit_ood"], [5, 10])
+        ...                          ["bandit", "bandit_ood"], [5, 10], on_row=lambda row: print(row["horizon"]))
+        5
+        10
+        5
+        10
         >>> [(r["task"], r["horizon"]) for r in rows]
         [('bandit', 5), ('bandit', 10), ('bandit_ood', 5), ('bandit_ood', 10)]
     """
@@ -371,4 +383,6 @@ def return_vs_horizon(
         for task in tasks:
             for horizon in horizons:
                 rows.append({"method": name, "task": task, **run(task=task, horizon=horizon)})
+                if on_row is not None:
+                    on_row(rows[-1])
     return rows

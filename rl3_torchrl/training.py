@@ -767,7 +767,9 @@ def train(cfg: DictConfig) -> list[dict]:
     return Trainer(cfg).train()
 
 
-def load_actor(path, *, task: str | None = None, device=None) -> tuple[TransformerModule, DictConfig]:
+def load_actor(
+    path, *, task: str | None = None, horizon: int | None = None, device=None
+) -> tuple[TransformerModule, DictConfig]:
     """Rebuild the trained actor of a checkpoint; returns ``(actor, config)``.
 
     Args:
@@ -776,6 +778,8 @@ def load_actor(path, *, task: str | None = None, device=None) -> tuple[Transform
     Keyword Args:
         task (str, optional): the task it will be evaluated on; it must belong to the task family the actor was
             trained on (its in-distribution task or an OOD shift of it), otherwise a ``ValueError`` names both.
+        horizon (int, optional): the ``H`` it will be evaluated at; its learned positions must cover it (``H`` at
+            most the trained one, unless ``model.max_len`` was larger), otherwise a ``ValueError`` names both.
         device: where to build the actor.
 
     Examples:
@@ -787,6 +791,10 @@ def load_actor(path, *, task: str | None = None, device=None) -> tuple[Transform
         >>> actor, cfg = load_actor(f"{out}/checkpoint.pt", task="bandit_ood")
         >>> cfg.env, type(actor).__name__
         ('bandit', 'ProbabilisticActor')
+        >>> load_actor(f"{out}/checkpoint.pt", horizon=7)  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ...
+        ValueError: checkpoint ... was trained at H=6: its actor cannot act at horizon=7; allowed: [1, 6].
     """
     state = load_checkpoint(path)
     cfg = OmegaConf.create(_unflatten(state["config"]))
@@ -799,6 +807,13 @@ def load_actor(path, *, task: str | None = None, device=None) -> tuple[Transform
     model = OmegaConf.to_container(cfg.model, resolve=True)
     actor, _ = make_actor_critic(env, "rl2" if cfg.algo == "rl2" else "rl3", device=device, **model)
     actor.load_state_dict(state["actor"])
+    if horizon is not None:
+        longest = min(m.max_len for m in actor.modules() if isinstance(m, CausalTransformer)) - 1
+        if check_int("horizon", horizon, low=1) > longest:
+            raise ValueError(
+                f"checkpoint {str(path)!r} was trained at H={env.horizon}: its actor cannot act at "
+                f"horizon={horizon}; allowed: [1, {longest}]."
+            )
     return actor, cfg
 
 

@@ -134,6 +134,44 @@ def test_evaluate_recipe_writes_tables_and_figures(tmp_path):
         assert (out / figure).stat().st_size > 0, figure
     with pytest.raises(ValueError, match="cannot act on task='bandit'"):
         _load_recipe("evaluate").main(["--task", "bandit", "--checkpoints", f"x={tmp_path}/rl3_H6/checkpoint.pt"])
+    # an H above the trained one is refused before any work, naming the checkpoint, its H and the requested H
+    match = r"rl3_H6/checkpoint.pt' was trained at H=6: its actor cannot act at horizon=8; allowed: \[1, 6\]"
+    with pytest.raises(ValueError, match=match):
+        _load_recipe("evaluate").main(["--horizons", "6", "8", "--checkpoints", f"x={tmp_path}/rl3_H6/checkpoint.pt",
+                                       "--methods", "random", "--out", str(tmp_path / "refused")])
+    assert not (tmp_path / "refused").exists()
+
+
+@pytest.mark.parametrize("argv, match", [
+    (["--horizons", "5", "0"], "--horizons takes positive integers, got 0"),
+    (["--num-tasks", "-1"], "--num-tasks takes positive integers, got -1"),
+    (["--task", "bandit", "--methods", "psrl", "--baseline-params", "psrl.bogus=1"], "no hyper-parameter bogus=1"),
+])
+def test_evaluate_recipe_checks_every_argument_before_any_work(tmp_path, capsys, argv, match):
+    with pytest.raises((SystemExit, ValueError)) as error:
+        _load_recipe("evaluate").main([*argv, "--out", str(tmp_path / "out")])
+    assert match in (str(error.value) + capsys.readouterr().err)
+    assert not (tmp_path / "out").exists()
+
+
+def test_evaluate_recipe_keeps_the_rows_finished_before_a_late_failure(tmp_path):
+    recipe = _load_recipe("evaluate")
+    calls = []
+
+    def fail_on_the_third_row(name, **kwargs):
+        calls.append(name)
+        if len(calls) == 3:
+            raise RuntimeError("injected")
+        return evaluate_baseline(name, **kwargs)
+
+    recipe.evaluate_baseline = fail_on_the_third_row
+    with pytest.raises(RuntimeError, match="injected"):
+        recipe.main(["--task", "bandit", "--in-distribution-only", "--horizons", "4", "6", "--num-tasks", "2",
+                     "--methods", "random", "oracle", "--out", str(tmp_path)])
+    lines = (tmp_path / "results.csv").read_text().splitlines()
+    assert [line.split(",")[:3] for line in lines] == [
+        ["method", "task", "horizon"], ["random", "bandit", "4"], ["random", "bandit", "6"]
+    ]
 
 
 def test_evaluate_recipe_draws_value_maps_on_gridworlds(tmp_path):
