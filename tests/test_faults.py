@@ -16,7 +16,7 @@ from torchrl.record.loggers.csv import CSVExperiment
 import rl3_torchrl.checkpoint
 import rl3_torchrl.evaluation
 from rl3_torchrl.checkpoint import load_checkpoint
-from rl3_torchrl.envs import GridworldEnv, RandomMDPEnv
+from rl3_torchrl.envs import GridworldEnv, MetaTaskEnv, RandomMDPEnv
 from rl3_torchrl.tasks import make_meta_env
 from rl3_torchrl.training import NonFiniteError, Trainer, load_config
 
@@ -325,3 +325,35 @@ def test_a_nan_reward_reaching_the_estimator_raises():
     # off CPU the estimator does not check (no host sync per step): the Trainer's batch check catches the reward
     env = TransformedEnv(RandomMDPEnv(num_envs=3, horizon=10), Compose(NaNReward(), OnlineQEstimator(validate=False)))
     assert env.rollout(10)["next", "q_features"][1, 3, :6].isnan().all()  # the values and advantages
+
+
+def test_huge_rewards_stop_the_run_before_anything_is_written(tmp_path, monkeypatch):
+    # rewards ×1e20 are finite, but they overflow the networks (which see the last reward) and the critic's squared
+    # returns: inf, which used to be logged every iteration. On CPU the critic's own check stops the run; off CPU
+    # (no check per call) the loss check does (NonFiniteError)
+    advance = RandomMDPEnv._advance
+
+    def huge(self, state, action):
+        reached, reward, terminal = advance(self, state, action)
+        return reached, reward * 1e20, terminal
+
+    monkeypatch.setattr(RandomMDPEnv, "_advance", huge)
+    with pytest.raises(ValueError, match=r"outputs \['state_value'\] are not finite"):
+        Trainer(_config(tmp_path / "cpu")).train()
+    trainer = Trainer(_config(tmp_path / "unchecked"))
+    for module in (*trainer.actor.modules(), *trainer.critic.modules()):
+        if hasattr(module, "check_finite"):
+            module.check_finite = False  # as off CPU
+    with pytest.raises(NonFiniteError, match=r"iteration 1 \(epoch 1, minibatch 1\): loss_objective, loss_critic"):
+        trainer.train()
+    for run in ("cpu", "unchecked"):
+        assert not (tmp_path / run / "checkpoint.pt").exists()
+        assert [p for p in (tmp_path / run / "logs").rglob("*") if p.is_file()] == []
+
+
+def test_out_of_range_actions_raise_where_checked_and_unchecked_is_documented_unsafe():
+    env = RandomMDPEnv(num_envs=2, validate_actions=True)  # the advice for accelerators while debugging
+    td = env.reset().set("action", torch.tensor([0, 5]))
+    with pytest.raises(ValueError, match=r"action values must be in \[0, 4\], got \[5\] \(first offending rows \[1\]\)"):
+        env.step(td)
+    assert "``False`` is unsafe with untrusted actions" in " ".join(MetaTaskEnv.__doc__.split())

@@ -229,6 +229,8 @@ def test_loaded_actor_rejects_a_longer_horizon(tmp_path):
     assert result["num_tasks"] == 2
     with pytest.raises(ValueError, match="max_len"):
         evaluate_actor(actor, "random_mdp", "rl3", horizon=8, num_tasks=2)  # 8 positions > max_len = 6 + 1
+    with pytest.raises(ValueError, match=r"was trained at H=6: its actor cannot act at horizon=8; allowed: \[1, 6\]"):
+        load_actor(tmp_path / "checkpoint.pt", horizon=8)  # before any work
 
 
 @pytest.mark.slow
