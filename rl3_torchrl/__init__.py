@@ -19,27 +19,30 @@ from rl3_torchrl.envs import (
 )
 from rl3_torchrl.evaluation import evaluate, evaluate_actor, evaluate_baseline, run_meta_episodes
 from rl3_torchrl.modules import (
-    CausalTransformer,
+    MetaCausalTransformer,
+    MetaTransformerModule,
     ModelBasedPolicy,
     OraclePolicy,
     QGreedyPolicy,
     RandomPolicy,
-    TransformerModule,
     make_actor_critic,
 )
+from rl3_torchrl.modules.transformer import _old_name_getattr
 from rl3_torchrl.tasks import TASKS, make_meta_env, make_task_env, task_family
 from rl3_torchrl.training import NonFiniteError, Trainer, load_actor, load_config, train
 from rl3_torchrl.transforms import MetaRLInputs, OnlineQEstimator, StateAbstraction
 
 __version__ = "0.1.0"
+__getattr__ = _old_name_getattr(__name__)
 
 __all__ = [
     "TASKS",
-    "CausalTransformer",
     "CheckpointError",
     "GridworldEnv",
+    "MetaCausalTransformer",
     "MetaRLInputs",
     "MetaTaskEnv",
+    "MetaTransformerModule",
     "ModelBasedPolicy",
     "NonFiniteError",
     "OnlineQEstimator",
@@ -50,7 +53,6 @@ __all__ = [
     "RunLock",
     "StateAbstraction",
     "Trainer",
-    "TransformerModule",
     "evaluate",
     "evaluate_actor",
     "evaluate_baseline",

@@ -13,7 +13,7 @@ its own seed (:func:`worker_seed`). The ``W`` sub-batches ``[W, num_envs // W, H
 (:func:`fold_workers`), so GAE and PPO see whole meta-episodes exactly as in the single-process case.
 
 Every worker runs a :class:`MetaEpisodeCollector`, which empties the module-owned KV cache of the policy's
-:class:`~rl3_torchrl.modules.TransformerModule` at the start of every batch. torchrl copies new weights into the
+:class:`~rl3_torchrl.modules.MetaTransformerModule` at the start of every batch. torchrl copies new weights into the
 workers' policies in place through ``.data`` (or shares them through shared memory), which the cache's parameter
 fingerprint cannot see; since every batch starts with all meta-episodes reset and weights change only between batches
 (``sync=True``), emptying the cache there is exact.
@@ -28,7 +28,7 @@ from tensordict import TensorDictBase
 from torchrl.collectors import Collector, MultiSyncCollector
 
 from rl3_torchrl._validation import check_choice
-from rl3_torchrl.modules.transformer import TransformerModule
+from rl3_torchrl.modules.transformer import MetaTransformerModule
 from rl3_torchrl.tasks import make_meta_env
 
 __all__ = ["BACKENDS", "MetaEnvFactory", "MetaEpisodeCollector", "fold_workers", "make_collector", "worker_seed"]
@@ -87,7 +87,7 @@ class MetaEnvFactory:
 def _reset_caches(policy) -> None:
     if isinstance(policy, torch.nn.Module):
         for module in policy.modules():
-            if isinstance(module, TransformerModule):
+            if isinstance(module, MetaTransformerModule):
                 module.reset_cache()
 
 

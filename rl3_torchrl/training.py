@@ -29,7 +29,6 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from torchrl._utils import timeit
 from torchrl.data import LazyTensorStorage, ReplayBuffer, SamplerWithoutReplacement
-from torchrl.modules import set_recurrent_mode
 from torchrl.objectives import ClipPPOLoss
 from torchrl.objectives.value import GAE
 from torchrl.record.loggers import get_logger
@@ -46,7 +45,7 @@ from rl3_torchrl.checkpoint import (
 )
 from rl3_torchrl.collectors import BACKENDS, MetaEnvFactory, fold_workers, make_collector, worker_seed
 from rl3_torchrl.modules import make_actor_critic
-from rl3_torchrl.modules.transformer import CausalTransformer, TransformerModule
+from rl3_torchrl.modules.transformer import MetaCausalTransformer, MetaTransformerModule
 from rl3_torchrl.tasks import ALGOS, TASKS, make_meta_env, task_family
 from rl3_torchrl.transforms import OnlineQEstimator
 
@@ -332,7 +331,7 @@ class Trainer:
         )
         if cfg.compile.enabled:
             for module in (*self.actor.modules(), *self.critic.modules()):
-                if isinstance(module, CausalTransformer):
+                if isinstance(module, MetaCausalTransformer):
                     module.compile_window(backend=cfg.compile.backend, mode=cfg.compile.mode)
         ppo = cfg.ppo
         self.loss = ClipPPOLoss(
@@ -344,7 +343,8 @@ class Trainer:
             loss_critic_type=ppo.loss_critic_type,
             normalize_advantage=True,
         )
-        self.gae = GAE(gamma=ppo.gamma, lmbda=ppo.lmbda, value_network=None, device=self.device)
+        # the stock call: one causal pass of the critic over each meta-episode and its last next step (shifted=True)
+        self.gae = GAE(gamma=ppo.gamma, lmbda=ppo.lmbda, value_network=self.critic, shifted=True, device=self.device)
         self.gae.set_keys(reward=SCALED_REWARD_KEY)
         actor_params = list(self.actor.parameters())
         actor_ids = {id(p) for p in actor_params}
@@ -530,13 +530,12 @@ class Trainer:
 
     # ------------------------------------------------------------------ one iteration
     def advantages(self, data) -> None:
-        """Values of whole meta-episodes with the critic's window path, then GAE on the rewards times
-        ``ppo.reward_scale`` (in place; the critic learns the scaled returns)."""
-        with torch.no_grad(), set_recurrent_mode(True):
-            self.critic(data)
-            value = data["state_value"]
-            data["next", "state_value"] = torch.cat([value[:, 1:], torch.zeros_like(value[:, :1])], 1)
-            data["next", SCALED_REWARD_KEY] = data["next", "reward"] * self.cfg.ppo.reward_scale
+        """GAE on the rewards times ``ppo.reward_scale``, in place (the critic learns the scaled returns).
+
+        The stock call ``GAE(gamma, lmbda, value_network=critic, shifted=True)(data)`` on the ``[B, H]`` batch (its
+        last dim is named ``"time"``, so the critic runs its window path over each whole meta-episode)."""
+        data["next", SCALED_REWARD_KEY] = data["next", "reward"] * self.cfg.ppo.reward_scale
+        with torch.no_grad():
             self.gae(data)
 
     def update(self, data) -> dict:
@@ -769,7 +768,7 @@ def train(cfg: DictConfig) -> list[dict]:
 
 def load_actor(
     path, *, task: str | None = None, horizon: int | None = None, device=None
-) -> tuple[TransformerModule, DictConfig]:
+) -> tuple[MetaTransformerModule, DictConfig]:
     """Rebuild the trained actor of a checkpoint; returns ``(actor, config)``.
 
     Args:
@@ -808,7 +807,7 @@ def load_actor(
     actor, _ = make_actor_critic(env, "rl2" if cfg.algo == "rl2" else "rl3", device=device, **model)
     actor.load_state_dict(state["actor"])
     if horizon is not None:
-        longest = min(m.max_len for m in actor.modules() if isinstance(m, CausalTransformer)) - 1
+        longest = min(m.max_len for m in actor.modules() if isinstance(m, MetaCausalTransformer)) - 1
         if check_int("horizon", horizon, low=1) > longest:
             raise ValueError(
                 f"checkpoint {str(path)!r} was trained at H={env.horizon}: its actor cannot act at "

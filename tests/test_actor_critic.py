@@ -11,7 +11,7 @@ from torchrl.modules import set_recurrent_mode
 from torchrl.objectives import ClipPPOLoss
 from torchrl.objectives.value import GAE
 
-from rl3_torchrl.modules import RL2_INPUT_KEYS, RL3_INPUT_KEYS, TransformerModule, make_actor_critic
+from rl3_torchrl.modules import RL2_INPUT_KEYS, RL3_INPUT_KEYS, MetaTransformerModule, make_actor_critic
 
 S, A = 4, 3
 TINY = dict(hidden_sizes=(16,), d_model=8, num_heads=2, ffn_dim=16)
@@ -74,7 +74,7 @@ def test_shapes_and_input_sizes(algo, keys, share_body):
     env = make_env()
     actor, critic = make_actor_critic(env, algo, share_body=share_body, **TINY)
     expected = {"rl2": A + 1 + 1 + 1 + 1 + S, "rl3": A + 1 + 1 + 1 + 1 + S + 2 * A + 1}[algo]
-    backbones = [m.backbone for m in (*actor.modules(), *critic.modules()) if isinstance(m, TransformerModule)]
+    backbones = [m.backbone for m in (*actor.modules(), *critic.modules()) if isinstance(m, MetaTransformerModule)]
     assert {b.in_features for b in backbones} == {expected}
     assert {b.max_len for b in backbones} == {env.horizon + 1}
     assert (actor.module[0] is critic) == share_body
@@ -110,13 +110,6 @@ def test_errors_name_the_problem():
     assert make_actor_critic(env, "rl2", max_len=50, **TINY)[1].backbone.max_len == 50
 
 
-def _collect_values(critic, data):
-    with torch.no_grad(), set_recurrent_mode(True):
-        critic(data)
-        value = data["state_value"]
-        data["next", "state_value"] = torch.cat([value[:, 1:], torch.zeros_like(value[:, :1])], 1)
-
-
 @pytest.mark.parametrize("share_body", [False, True])
 def test_ppo_with_stock_collector(share_body):
     torch.manual_seed(0)
@@ -125,8 +118,7 @@ def test_ppo_with_stock_collector(share_body):
     actor, critic = make_actor_critic(env, "rl3", share_body=share_body, **TINY)
     collector = Collector(env, actor, frames_per_batch=b * h, total_frames=3 * b * h, reset_at_each_iter=True,
                           auto_register_policy_transforms=False)
-    gae = GAE(gamma=0.99, lmbda=0.3, value_network=None)
-    gae.set_keys(terminated="done")
+    gae = GAE(gamma=0.99, lmbda=0.3, value_network=critic, shifted=True)  # one causal pass per meta-episode
     loss_fn = ClipPPOLoss(actor, critic, entropy_coeff=0.01)
     params = list(loss_fn.parameters())
     optim = torch.optim.Adam(params, lr=1e-3)
@@ -138,7 +130,6 @@ def test_ppo_with_stock_collector(share_body):
         with torch.no_grad(), set_recurrent_mode(True):
             replay = actor.get_dist(data.clone()).log_prob(data["action"])
         torch.testing.assert_close(replay, data["action_log_prob"], atol=1e-5, rtol=1e-5)
-        _collect_values(critic, data)
         gae(data)
         rb.extend(data)
         grads = [torch.zeros_like(p) for p in params]

@@ -17,7 +17,7 @@ from tensordict import TensorDict
 from torchrl.modules import set_recurrent_mode
 
 from rl3_torchrl.collectors import MetaEnvFactory, MetaEpisodeCollector, fold_workers, worker_seed
-from rl3_torchrl.modules import TransformerModule
+from rl3_torchrl.modules import MetaTransformerModule
 from rl3_torchrl.training import Trainer, load_config
 
 H, WORKERS, ENVS_PER_WORKER = 6, 2, 2
@@ -42,8 +42,8 @@ def _config(tmp_path, *extra):
     return load_config([*TINY, f"output_dir={tmp_path}", *extra])
 
 
-def _transformer(policy) -> TransformerModule:
-    return next(m for m in policy.modules() if isinstance(m, TransformerModule))
+def _transformer(policy) -> MetaTransformerModule:
+    return next(m for m in policy.modules() if isinstance(m, MetaTransformerModule))
 
 
 def _log_prob(actor, data) -> torch.Tensor:

@@ -1,14 +1,18 @@
-"""CausalTransformer / TransformerModule: step path (KV cache) vs window path, resets, cache lifecycle."""
+"""MetaCausalTransformer / MetaTransformerModule: step path (KV cache) vs window path, resets, cache lifecycle,
+the inputs they refuse, and the old names."""
 import copy
 import pickle
+import warnings
 
 import pytest
 import torch
+import torchrl.modules
 from hypothesis import given, settings, strategies as st
 from tensordict import TensorDict
 from torchrl.modules import set_recurrent_mode
 
-from rl3_torchrl.modules import CausalTransformer, TransformerModule
+import rl3_torchrl
+from rl3_torchrl.modules import MetaCausalTransformer, MetaTransformerModule
 
 F_IN = 5
 SMALL = dict(hidden_sizes=(16,), d_model=8, num_heads=2, ffn_dim=16)
@@ -16,9 +20,9 @@ SMALL = dict(hidden_sizes=(16,), d_model=8, num_heads=2, ffn_dim=16)
 
 def make_module(max_len=32, seed=0, num_layers=2):
     torch.manual_seed(seed)
-    backbone = CausalTransformer(F_IN, max_len=max_len, num_layers=num_layers, **SMALL)
+    backbone = MetaCausalTransformer(F_IN, max_len=max_len, num_layers=num_layers, **SMALL)
     head = torch.nn.Sequential(torch.nn.ReLU(), torch.nn.Linear(8, 3))
-    return TransformerModule(backbone, head, in_keys=["a", "b"], out_keys=["out"])
+    return MetaTransformerModule(backbone, head, in_keys=["a", "b"], out_keys=["out"])
 
 
 def make_data(n, t, is_init, seed=1):
@@ -27,6 +31,13 @@ def make_data(n, t, is_init, seed=1):
         {"a": torch.randn(n, t, 2, generator=g), "b": torch.randn(n, t, 3, generator=g), "is_init": is_init},
         batch_size=[n, t],
     )
+
+
+def first_steps(n, t):
+    """is_init of n rows that each hold one meta-episode of t steps."""
+    is_init = torch.zeros(n, t, 1, dtype=torch.bool)
+    is_init[:, 0] = True
+    return is_init
 
 
 def step_through(module, data, start=0, stop=None):
@@ -127,10 +138,10 @@ def test_cache_is_preallocated_and_attends_over_a_bounded_prefix(exact_bound):
 
 def test_cache_rebuilt_on_new_batch_shape_and_reset_cache():
     module = make_module()
-    data = make_data(3, 4, torch.zeros(3, 4, 1, dtype=torch.bool))
-    step_through(module, data)  # no is_init at all: a fresh cache starts every row at position 0
+    data = make_data(3, 4, first_steps(3, 4))
+    step_through(module, data)
     torch.testing.assert_close(step_through(make_module(), data), window(module, data), atol=1e-5, rtol=1e-5)
-    other = make_data(5, 4, torch.zeros(5, 4, 1, dtype=torch.bool))
+    other = make_data(5, 4, first_steps(5, 4))
     torch.testing.assert_close(step_through(module, other), window(module, other), atol=1e-5, rtol=1e-5)
     assert module._cache.tokens.shape[0] == 5
     module.reset_cache()
@@ -140,7 +151,7 @@ def test_cache_rebuilt_on_new_batch_shape_and_reset_cache():
 def test_cache_excluded_from_pickle_deepcopy_and_state_dict():
     module = make_module(max_len=512)
     size_empty = len(pickle.dumps(module))
-    data = make_data(8, 20, torch.zeros(8, 20, 1, dtype=torch.bool))
+    data = make_data(8, 20, first_steps(8, 20))
     expected = step_through(module, data, 0, 10)
     assert module._cache is not None
     assert len(pickle.dumps(module)) == size_empty
@@ -153,7 +164,7 @@ def test_cache_excluded_from_pickle_deepcopy_and_state_dict():
 
 def test_too_long_context_raises_naming_max_len():
     module = make_module(max_len=6)
-    long = make_data(2, 7, torch.zeros(2, 7, 1, dtype=torch.bool))
+    long = make_data(2, 7, first_steps(2, 7))
     with pytest.raises(ValueError, match=r"max_len=6.*H \+ 1"):
         window(module, long)
     with pytest.raises(ValueError, match=r"max_len=6.*H \+ 1"):
@@ -167,13 +178,13 @@ def test_too_long_context_raises_naming_max_len():
 
 def test_argument_errors():
     with pytest.raises(ValueError, match="d_model=10, num_heads=4"):
-        CausalTransformer(3, max_len=4, d_model=10)
+        MetaCausalTransformer(3, max_len=4, d_model=10)
     with pytest.raises(ValueError, match="max_len=0"):
-        CausalTransformer(3, max_len=0)
-    backbone = CausalTransformer(F_IN, max_len=4, **SMALL)
+        MetaCausalTransformer(3, max_len=0)
+    backbone = MetaCausalTransformer(F_IN, max_len=4, **SMALL)
     with pytest.raises(ValueError, match="one head per out key"):
-        TransformerModule(backbone, [torch.nn.Linear(8, 1)], in_keys=["a"], out_keys=["x", "y"])
-    module = TransformerModule(backbone, torch.nn.Linear(8, 1), in_keys=["a", "b"], out_keys=["x"])
+        MetaTransformerModule(backbone, [torch.nn.Linear(8, 1)], in_keys=["a"], out_keys=["x", "y"])
+    module = MetaTransformerModule(backbone, torch.nn.Linear(8, 1), in_keys=["a", "b"], out_keys=["x"])
     data = make_data(2, 3, torch.zeros(2, 3, 1, dtype=torch.bool)).exclude("is_init")
     with pytest.raises(KeyError, match="InitTracker"):
         module(data[:, 0])
@@ -190,11 +201,96 @@ def test_window_path_backpropagates_to_every_parameter():
 
 
 def test_default_recurrent_mode_and_context_override():
-    backbone = CausalTransformer(F_IN, max_len=8, **SMALL)
-    module = TransformerModule(backbone, torch.nn.Linear(8, 1), in_keys=["a", "b"], out_keys=["x"],
+    backbone = MetaCausalTransformer(F_IN, max_len=8, **SMALL)
+    module = MetaTransformerModule(backbone, torch.nn.Linear(8, 1), in_keys=["a", "b"], out_keys=["x"],
                                default_recurrent_mode=True)
-    data = make_data(2, 5, torch.zeros(2, 5, 1, dtype=torch.bool))
+    data = make_data(2, 5, first_steps(2, 5))
     assert module.recurrent_mode and module(data.clone())["x"].shape == (2, 5, 1)
     with set_recurrent_mode(False):
         assert not module.recurrent_mode
         assert module(data[:, 0].clone())["x"].shape == (2, 1)
+
+
+def test_time_named_data_runs_the_window_path_with_gradients():
+    module = make_module()
+    data = make_data(3, 10, staggered_is_init(3, 10, [10, 4, 3]))
+    data.names = [None, "time"]  # as in collected batches, rollouts and replay-buffer samples
+    out = module(data.clone())["out"]
+    torch.testing.assert_close(out, window(module, data), atol=0, rtol=0)
+    torch.testing.assert_close(out, step_through(make_module(), data), atol=1e-5, rtol=1e-5)
+    out.sum().backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in module.parameters())
+    with pytest.raises(ValueError, match=r"time dim last.*names=\['time', None\]"):
+        module(data.clone().permute(1, 0))
+
+
+def test_windows_must_start_a_meta_episode():
+    module = make_module()
+    data = make_data(2, 8, first_steps(2, 8))
+    with pytest.raises(ValueError, match=r"do not all start a meta-episode.*frames_per_batch=num_envs \* H, reset_at_each_iter=True"):
+        window(module, data[:, 3:])
+    lax = MetaTransformerModule(module.backbone, module.heads[0], in_keys=["a", "b"], out_keys=["out"],
+                                validate_windows=False)
+    assert window(lax, data[:, 3:]).shape == (2, 5, 3)  # the caller's responsibility
+
+
+def test_start_key_catches_a_rewritten_is_init():
+    torch.manual_seed(0)
+    backbone = MetaCausalTransformer(F_IN + 1, max_len=16, **SMALL)
+    module = MetaTransformerModule(backbone, torch.nn.Linear(8, 1), in_keys=["a", "b", "first"], out_keys=["out"],
+                                   start_key="first")
+    data = make_data(2, 8, first_steps(2, 8))
+    data["first"] = data["is_init"].float()
+    window(module, data)
+    shifted = data[:, 1:].clone()
+    shifted["is_init"][:, 0] = True  # what GAE(shifted=False) does to data["next"]
+    with pytest.raises(ValueError, match=r"disagrees with 'first'.*shifted=True"):
+        window(module, shifted)
+
+
+def test_new_streams_must_start_with_is_init():
+    module = make_module()
+    data = make_data(3, 6, first_steps(3, 6))
+    with pytest.raises(ValueError, match=r"new streams \(batch shape \(3, 6\)\).*set_recurrent_mode\(True\)"):
+        module(data.clone())  # a [B, T] batch with an unnamed time dim: not 18 streams
+    step_through(module, data, 0, 3)
+    module.reset_cache()
+    with pytest.raises(ValueError, match="new streams"):
+        module(data[:, 3].clone())  # the context of these meta-episodes is gone
+
+
+def test_vmap_raises_with_the_fix():
+    module = make_module()
+    data = make_data(3, 6, first_steps(3, 6))
+    with pytest.raises(ValueError, match=r"cannot run under torch.vmap.*shifted=True"):
+        torch.vmap(module, (0,))(torch.stack([data, data]))
+
+
+def test_mark_weight_update_sees_writes_through_data():
+    module = make_module()
+    data = make_data(3, 8, staggered_is_init(3, 8, [8, 3, 5]))
+    step_through(module, data, 0, 4)
+    with torch.no_grad():
+        for p in module.parameters():
+            p.data.mul_(1.5)  # .data writes do not bump the version counter the cache watches
+    module.mark_weight_update()
+    torch.testing.assert_close(step_through(module, data, 4), window(module, data)[:, 4:], atol=1e-5, rtol=1e-5)
+
+
+def test_old_names_warn_and_do_not_clash_with_torchrl():
+    with pytest.warns(DeprecationWarning, match="TransformerModule is now MetaTransformerModule"):
+        from rl3_torchrl.modules import TransformerModule
+    assert TransformerModule is MetaTransformerModule
+    with pytest.warns(DeprecationWarning, match="CausalTransformer is now MetaCausalTransformer"):
+        assert rl3_torchrl.CausalTransformer is MetaCausalTransformer
+    with pytest.raises(AttributeError):
+        rl3_torchrl.modules.NoSuchModule
+    # the names torchrl>=0.15 exports: `from torchrl.modules import *` then `from rl3_torchrl import *` keeps them
+    upstream = {"TransformerModule", "CausalTransformer", "positions_from_is_init", "segment_causal_mask_from_is_init"}
+    assert upstream.isdisjoint([*rl3_torchrl.__all__, *rl3_torchrl.modules.__all__])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        namespace = {}
+        exec("from torchrl.modules import *\nfrom rl3_torchrl import *", namespace)
+    assert namespace["MetaTransformerModule"] is MetaTransformerModule
+    assert "TransformerModule" not in namespace  # torchrl 0.14 has none; from 0.15 on it is torchrl's

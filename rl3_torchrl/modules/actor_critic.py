@@ -6,7 +6,7 @@ from torch import nn
 from torchrl.data import Categorical
 from torchrl.modules import ProbabilisticActor
 
-from .transformer import CausalTransformer, TransformerModule
+from .transformer import MetaCausalTransformer, MetaTransformerModule
 
 __all__ = ["RL2_INPUT_KEYS", "RL3_INPUT_KEYS", "INPUT_KEYS", "make_actor_critic"]
 
@@ -30,10 +30,18 @@ def make_actor_critic(env, algo: str = "rl3", *, share_body: bool = False, devic
     The token of each step is the concatenation of :data:`RL2_INPUT_KEYS` (``algo="rl2"``) or
     :data:`RL3_INPUT_KEYS` (``algo="rl3"``) read from ``env.observation_spec``, which must also hold
     ``is_init`` (add :class:`~torchrl.envs.InitTracker`). As in the paper, actor and critic are separate
-    networks, each a :class:`~rl3_torchrl.modules.CausalTransformer` followed by a ReLU → Linear head. With
-    ``share_body=True`` one :class:`~rl3_torchrl.modules.TransformerModule` computes both ``logits`` and
+    networks, each a :class:`~rl3_torchrl.modules.MetaCausalTransformer` followed by a ReLU → Linear head. With
+    ``share_body=True`` one :class:`~rl3_torchrl.modules.MetaTransformerModule` computes both ``logits`` and
     ``state_value`` from a single backbone: the critic is then that very module (the actor also writes
     ``state_value`` during collection).
+
+    With stock TorchRL: pass the actor to a ``Collector`` (``frames_per_batch = B * H``,
+    ``reset_at_each_iter=True``: each batch row is one whole meta-episode), compute advantages with
+    ``GAE(gamma=..., lmbda=..., value_network=critic, shifted=True)`` (one causal pass per row; collected batches
+    carry a ``"time"`` dim, so no ``set_recurrent_mode`` is needed) and train with ``ClipPPOLoss(actor, critic)``
+    on whole rows. The modules check their inputs against ``first_step`` (``start_key``) and ``is_init``: a value
+    estimator with ``shifted=False``, or a batch that is not whole meta-episodes, raises a ``ValueError`` that says
+    what to change (see the tutorial *Your own PPO loop*).
 
     Args:
         env (EnvBase): the (transformed) environment; its ``action_spec`` must be a
@@ -44,7 +52,7 @@ def make_actor_critic(env, algo: str = "rl3", *, share_body: bool = False, devic
         share_body (bool): one backbone for actor and critic. Default False.
         device: where to build the networks. Default ``env.device``.
         is_init_key (NestedKey): the reset flag written by ``InitTracker``. Default ``"is_init"``.
-        **sizes: keyword arguments of :class:`~rl3_torchrl.modules.CausalTransformer` (``hidden_sizes``,
+        **sizes: keyword arguments of :class:`~rl3_torchrl.modules.MetaCausalTransformer` (``hidden_sizes``,
             ``d_model``, ``num_layers``, ``num_heads``, ``ffn_dim``, ``dropout``, ``max_len``). ``max_len``
             defaults to ``env.horizon + 1``.
 
@@ -99,9 +107,11 @@ def make_actor_critic(env, algo: str = "rl3", *, share_body: bool = False, devic
     num_actions = int(action_spec.space.n)
 
     def transformer_module(out_keys, out_sizes):
-        backbone = CausalTransformer(in_features, device=device, **sizes)
+        backbone = MetaCausalTransformer(in_features, device=device, **sizes)
         heads = [_head(backbone.d_model, n, device) for n in out_sizes]
-        return TransformerModule(backbone, heads, in_keys=list(keys), out_keys=out_keys, is_init_key=is_init_key)
+        return MetaTransformerModule(
+            backbone, heads, in_keys=list(keys), out_keys=out_keys, is_init_key=is_init_key, start_key="first_step"
+        )
 
     if share_body:
         policy_module = critic = transformer_module(["logits", "state_value"], [num_actions, 1])

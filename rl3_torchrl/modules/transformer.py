@@ -6,7 +6,11 @@ Two execution paths share the very same weights and code:
   encodes whole ``[B, T, F]`` sequences under a causal mask; ``is_init`` inside a row starts a new
   meta-episode (block-diagonal mask, positions restart);
 * the **step path** (collection) encodes one token per stream and call against a key/value cache kept by
-  :class:`TransformerModule` itself, outside the TensorDict, so collected data do not grow with the context.
+  :class:`MetaTransformerModule` itself, outside the TensorDict, so collected data do not grow with the context.
+
+The names carry a ``Meta`` prefix because ``torchrl>=0.15`` exports its own ``TransformerModule`` and
+``CausalTransformer`` (``torchrl.modules``): both packages can be star-imported side by side. The old names stay
+importable from this package for a while, with a ``DeprecationWarning``.
 """
 from __future__ import annotations
 
@@ -16,14 +20,47 @@ import warnings
 
 import torch
 import torch.nn.functional as F
-from tensordict import TensorDictBase
+from tensordict import TensorDictBase, is_batchedtensor
 from tensordict.nn import TensorDictModuleBase
 from torch import nn
 from torchrl.modules import recurrent_mode
 
-__all__ = ["CausalTransformer", "TransformerModule"]
+__all__ = ["MetaCausalTransformer", "MetaTransformerModule"]
 
 _MAX_LEN_HINT = "max_len must be >= H + 1, where H is the meta-episode length (env.horizon)"
+_SHIFTED_HINT = (
+    "build the value estimator with shifted=True, which calls the critic once on each row plus its last next step: "
+    "GAE(gamma=..., lmbda=..., value_network=critic, shifted=True), or, for the loss's own estimator, "
+    "loss = ClipPPOLoss(actor, critic, functional=False) and "
+    "loss.make_value_estimator(ValueEstimators.GAE, gamma=..., lmbda=..., shifted=True) (torchrl refuses shifted=True "
+    "with the separate target parameters of a functional loss)"
+)
+_WHOLE_EPISODES_HINT = (
+    "collect whole meta-episodes (Collector(..., frames_per_batch=num_envs * H, reset_at_each_iter=True)) and sample "
+    "whole rows of them (e.g. ReplayBuffer(storage=LazyTensorStorage(num_envs)) over the [num_envs, H] batch)"
+)
+_OLD_NAMES = {"CausalTransformer": "MetaCausalTransformer", "TransformerModule": "MetaTransformerModule"}
+
+
+def _old_name_getattr(module_name: str):
+    """A module ``__getattr__`` resolving the names used before the ``Meta`` prefix, with a DeprecationWarning."""
+
+    def __getattr__(name: str):
+        if name not in _OLD_NAMES:
+            raise AttributeError(f"module {module_name!r} has no attribute {name!r}")
+        new = _OLD_NAMES[name]
+        warnings.warn(
+            f"rl3_torchrl's {name} is now {new} (torchrl>=0.15 exports a different {name}); "
+            "the old name will be removed.",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        return globals()[new]
+
+    return __getattr__
+
+
+__getattr__ = _old_name_getattr(__name__)
 
 
 def _check_positive(name: str, value: int) -> None:
@@ -95,9 +132,8 @@ class _StreamCache:
     ``length.max()`` so that the step path attends over a prefix without a device sync.
     """
 
-    def __init__(self, n, in_features, model: CausalTransformer, device, dtype):
-        heads = model.layers[0].attn.num_heads if len(model.layers) else 1
-        shape = (n, heads, model.max_len, model.d_model // heads)
+    def __init__(self, n, in_features, model: MetaCausalTransformer, device, dtype):
+        shape = (n, model.num_heads, model.max_len, model.head_dim)
         zeros = dict(device=device, dtype=dtype)
         # zero-filled (not empty): masked slots are multiplied by 0 weights and must be finite
         self.tokens = torch.zeros(n, model.max_len, in_features, **zeros)
@@ -116,7 +152,7 @@ class _StreamCache:
         return (x.shape[0], x.shape[-1], x.device, x.dtype) == (t.shape[0], t.shape[-1], t.device, t.dtype)
 
 
-class CausalTransformer(nn.Module):
+class MetaCausalTransformer(nn.Module):
     """Causal decoder-only Transformer over per-step tokens (the RL²/RL³ backbone).
 
     Input MLP (``in_features -> hidden_sizes... -> d_model`` with ReLU between layers), LayerNorm, a learned
@@ -127,7 +163,9 @@ class CausalTransformer(nn.Module):
     :meth:`forward` is the window path (``[N, T, F]`` with optional ``is_init [N, T, 1]``); :meth:`step` is the
     one-token-per-stream path against a cache made by :meth:`make_cache`. Both call the same helpers, so they
     agree to float precision. Position ``p`` of a token is its index since the last ``is_init`` of its row;
-    ``p >= max_len`` raises a ``ValueError``: ``max_len`` must be at least ``H + 1``.
+    ``p >= max_len`` raises a ``ValueError``: ``max_len`` must be at least ``H + 1``. Like the backbone of
+    ``torchrl>=0.15``'s ``TransformerModule``, it exposes ``num_layers``, ``num_heads`` and ``head_dim``
+    (``max_len`` is upstream's ``max_seq_len``).
 
     Args:
         in_features (int): size of the per-step input token.
@@ -144,7 +182,7 @@ class CausalTransformer(nn.Module):
 
     Examples:
         >>> import torch
-        >>> net = CausalTransformer(7, max_len=9)
+        >>> net = MetaCausalTransformer(7, max_len=9)
         >>> x = torch.randn(3, 8, 7)
         >>> net(x).shape
         torch.Size([3, 8, 64])
@@ -184,6 +222,9 @@ class CausalTransformer(nn.Module):
         self.in_features = in_features
         self.max_len = max_len
         self.d_model = d_model
+        self.num_layers = num_layers
+        self.num_heads = num_heads if num_layers else 1
+        self.head_dim = d_model // self.num_heads
         factory = dict(device=device, dtype=dtype)
         widths = [in_features, *hidden_sizes, d_model]
         mlp = []
@@ -208,7 +249,7 @@ class CausalTransformer(nn.Module):
         changes at every step. The compiled function is not pickled (each process compiles its own).
 
         Examples:
-            >>> net = CausalTransformer(3, max_len=4, hidden_sizes=(8,), d_model=8, num_heads=2, ffn_dim=8)
+            >>> net = MetaCausalTransformer(3, max_len=4, hidden_sizes=(8,), d_model=8, num_heads=2, ffn_dim=8)
             >>> x = torch.randn(2, 4, 3)
             >>> eager = net(x)
             >>> net.compile_window(backend="eager")
@@ -358,25 +399,35 @@ class CausalTransformer(nn.Module):
         return h.squeeze(1)
 
 
-class TransformerModule(TensorDictModuleBase):
-    """A :class:`CausalTransformer` plus output heads as a TensorDictModule, with a module-owned KV cache.
+class MetaTransformerModule(TensorDictModuleBase):
+    """A :class:`MetaCausalTransformer` plus output heads as a TensorDictModule, with a module-owned KV cache.
 
     The per-step token is the concatenation (last dim) of the ``in_keys`` entries; ``is_init_key`` (written
     by :class:`~torchrl.envs.InitTracker`) marks the first step of a meta-episode. Like torchrl's
-    :class:`~torchrl.modules.LSTMModule`, the path is chosen by :func:`torchrl.modules.recurrent_mode`
-    (set with :class:`torchrl.modules.set_recurrent_mode`; every loss runs in recurrent mode):
+    :class:`~torchrl.modules.LSTMModule`, the module has two paths:
 
-    * recurrent mode: the last batch dim of the TensorDict is time, earlier batch dims are folded; whole
-      windows are encoded under a (block-diagonal, if ``is_init`` fires inside a row) causal mask;
-    * otherwise (collection): every batch element is one stream and receives one token per call. Keys and
-      values of the previous tokens live in a cache held by this module (never in the TensorDict), cleared
-      per row where ``is_init`` is set, rebuilt if the batch shape, device or dtype changes, and recomputed
-      from the stored inputs when the backbone parameters change (e.g. after an optimiser step), so both
-      paths give the same outputs under the current weights. The cache is dropped by pickling, deepcopy
-      and :meth:`reset_cache`, and is not part of the ``state_dict``.
+    * the **window path** runs when :func:`torchrl.modules.recurrent_mode` is on (set with
+      :class:`~torchrl.modules.set_recurrent_mode`; every loss runs in recurrent mode) *or* when the TensorDict has a
+      dim named ``"time"`` (collected batches, rollouts, replay-buffer samples and the inputs that stock value
+      estimators build from them), which must be its last dim. Earlier batch dims are folded; whole windows are
+      encoded under a (block-diagonal, if ``is_init`` fires inside a row) causal mask, with autograd;
+    * otherwise the **step path** (collection) runs: every batch element is one stream and receives one token per
+      call. Keys and values of the previous tokens live in a cache held by this module (never in the TensorDict),
+      cleared per row where ``is_init`` is set, rebuilt if the batch shape, device or dtype changes, and recomputed
+      from the stored inputs when the backbone parameters change (e.g. after an optimiser step, or after
+      :meth:`mark_weight_update`), so both paths give the same outputs under the current weights. The cache is
+      dropped by pickling, deepcopy and :meth:`reset_cache`, and is not part of the ``state_dict``.
+
+    The module cannot see the steps before its input, so it refuses inputs whose context it would have to guess
+    (``ValueError``, with what to do): a window whose rows do not start at a meta-episode start (``is_init`` False
+    at ``t = 0``: a batch that is not whole meta-episodes); a window where ``is_init`` disagrees with ``start_key``
+    (``GAE(shifted=False)`` marks the first step of ``data["next"]`` as an init step and so cuts each row's first
+    step); a call under :func:`torch.vmap` (how ``shifted=False`` value estimators call their critic); a step-path
+    call whose new streams (a new or resized cache) do not start with ``is_init`` (e.g. a ``[B, T]`` batch with
+    its time dim unnamed).
 
     Args:
-        backbone (CausalTransformer): the shared body.
+        backbone (MetaCausalTransformer): the shared body.
         heads (nn.Module or sequence of nn.Module): one head per out key, each mapping ``[..., d_model]`` to
             the out key's features.
 
@@ -384,7 +435,13 @@ class TransformerModule(TensorDictModuleBase):
         in_keys (sequence of NestedKey): token entries, concatenated in this order.
         out_keys (sequence of NestedKey): one per head.
         is_init_key (NestedKey): the reset flag. Default ``"is_init"``.
-        default_recurrent_mode (bool): path used when ``recurrent_mode()`` is unset. Default False (step path).
+        start_key (NestedKey, optional): an entry of the data that is 1 exactly on the first step of a meta-episode
+            (e.g. ``"first_step"`` of :class:`~rl3_torchrl.transforms.MetaRLInputs`). Unlike ``is_init``, callers
+            do not rewrite it, so the window path checks ``is_init`` against it. Default None (no such check).
+        default_recurrent_mode (bool): path used when ``recurrent_mode()`` is unset and the data has no ``"time"``
+            dim. Default False (step path).
+        validate_windows (bool): check that windows start at meta-episode starts (one host sync per window
+            call, as in ``torchrl>=0.15``'s ``TransformerModule``). Default True.
         check_finite (bool, optional): raise a ``ValueError`` when an output is not finite (NaN inputs or
             weights; a policy would otherwise silently sample action 0 from NaN logits). The check is one host sync
             per call on an accelerator, so the default (``None``) checks on CPU only; on an accelerator the
@@ -394,36 +451,45 @@ class TransformerModule(TensorDictModuleBase):
         >>> import torch
         >>> from tensordict import TensorDict
         >>> from torchrl.modules import set_recurrent_mode
-        >>> backbone = CausalTransformer(3, max_len=6, hidden_sizes=(16,), d_model=8, num_heads=2, ffn_dim=16)
-        >>> module = TransformerModule(backbone, torch.nn.Linear(8, 2), in_keys=["obs"], out_keys=["logits"])
+        >>> backbone = MetaCausalTransformer(3, max_len=6, hidden_sizes=(16,), d_model=8, num_heads=2, ffn_dim=16)
+        >>> module = MetaTransformerModule(backbone, torch.nn.Linear(8, 2), in_keys=["obs"], out_keys=["logits"])
         >>> data = TensorDict({"obs": torch.randn(4, 5, 3), "is_init": torch.zeros(4, 5, 1, dtype=torch.bool)},
         ...                   batch_size=[4, 5])
         >>> data["is_init"][:, 0] = True
         >>> steps = torch.stack([module(data[:, t].clone())["logits"] for t in range(5)], 1)
         >>> with set_recurrent_mode(True):
-        ...     window = module(data)["logits"]
+        ...     window = module(data.clone())["logits"]
         >>> torch.allclose(steps, window, atol=1e-5)
         True
+        >>> data.names = [None, "time"]  # as in collected batches: the window path runs without recurrent mode
+        >>> torch.allclose(module(data.clone())["logits"], window)
+        True
+        >>> module(data[:, 2:])
+        Traceback (most recent call last):
+        ...
+        ValueError: MetaTransformerModule got a window whose rows do not all start a meta-episode ...
         >>> module(data.apply(lambda x: x * float("nan") if x.is_floating_point() else x)[:, 0])
         Traceback (most recent call last):
         ...
-        ValueError: TransformerModule outputs ['logits'] are not finite: non-finite inputs ['obs'].
+        ValueError: MetaTransformerModule outputs ['logits'] are not finite: non-finite inputs ['obs'].
     """
 
     def __init__(
         self,
-        backbone: CausalTransformer,
+        backbone: MetaCausalTransformer,
         heads: nn.Module | Sequence[nn.Module],
         *,
         in_keys: Sequence,
         out_keys: Sequence,
         is_init_key="is_init",
+        start_key=None,
         default_recurrent_mode: bool = False,
+        validate_windows: bool = True,
         check_finite: bool | None = None,
     ):
         super().__init__()
-        if not isinstance(backbone, CausalTransformer):
-            raise TypeError(f"backbone must be a CausalTransformer, got {type(backbone).__name__}.")
+        if not isinstance(backbone, MetaCausalTransformer):
+            raise TypeError(f"backbone must be a MetaCausalTransformer, got {type(backbone).__name__}.")
         heads = [heads] if isinstance(heads, nn.Module) else list(heads)
         out_keys = list(out_keys)
         if len(heads) != len(out_keys) or not out_keys:
@@ -434,27 +500,54 @@ class TransformerModule(TensorDictModuleBase):
         if not self.token_keys:
             raise ValueError("in_keys must name at least one token entry, got an empty list.")
         self.is_init_key = is_init_key
-        self.in_keys = [*self.token_keys, is_init_key]
+        self.start_key = start_key
+        extra = [] if start_key is None or start_key in self.token_keys else [start_key]
+        self.in_keys = [*self.token_keys, *extra, is_init_key]
         self.out_keys = out_keys
         self.backbone = backbone
         self.heads = nn.ModuleList(heads)
         self._default_recurrent_mode = bool(default_recurrent_mode)
+        self.validate_windows = validate_windows
         self.check_finite = check_finite
         self._cache = None
+        self._cache_shape = None
 
     @property
     def recurrent_mode(self) -> bool:
-        """True when the window path runs: the global ``recurrent_mode()`` if set, else the default."""
+        """True when ``recurrent_mode()`` selects the window path: the global flag if set, else the default."""
         mode = recurrent_mode()
         return self._default_recurrent_mode if mode is None else bool(mode)
 
     def reset_cache(self) -> None:
-        """Forgets every stream of the step path (the next call starts all rows at position 0)."""
-        self._cache = None
+        """Forgets every stream of the step path (the next call must start all rows with ``is_init``)."""
+        self._cache = self._cache_shape = None
+
+    def mark_weight_update(self) -> None:
+        """Recompute the cached keys/values at the next step, from the stored inputs and the current weights.
+
+        In-place parameter updates are detected anyway; call this after writing weights through ``.data`` (or
+        let ``torchrl>=0.15``'s weight synchronisation call it). Unlike ``torchrl``'s ``TransformerModule``, the
+        streams survive: the meta-episodes in progress keep their whole context.
+
+        Examples:
+            >>> from tensordict import TensorDict
+            >>> net = MetaCausalTransformer(2, max_len=4, hidden_sizes=(8,), d_model=8, num_heads=2, ffn_dim=8)
+            >>> module = MetaTransformerModule(net, torch.nn.Linear(8, 1), in_keys=["x"], out_keys=["y"])
+            >>> td = TensorDict(x=torch.randn(3, 2, 2), is_init=torch.tensor([[True], [False]]).expand(3, 2, 1),
+            ...                 batch_size=[3, 2], names=[None, "time"])
+            >>> _ = module(td[:, 0].clone())  # one step of each stream
+            >>> _ = net.pos_embedding.weight.data.mul_(2)  # a write the parameter fingerprint cannot see
+            >>> module.mark_weight_update()
+            >>> step = module(td[:, 1].clone())["y"]
+            >>> torch.allclose(step, module(td.clone())["y"][:, 1], atol=1e-5)  # equals the new weights' window
+            True
+        """
+        if self._cache is not None:
+            self._cache.fingerprint = None
 
     def __getstate__(self):
         state = self.__dict__.copy()
-        state["_cache"] = None
+        state["_cache"] = state["_cache_shape"] = None
         return state
 
     def _inputs(self, tensordict: TensorDictBase):
@@ -462,7 +555,7 @@ class TransformerModule(TensorDictModuleBase):
         if missing:
             hint = " (add torchrl.envs.InitTracker to the env)" if self.is_init_key in missing else ""
             raise KeyError(
-                f"TransformerModule is missing input keys {missing}{hint}; "
+                f"{type(self).__name__} is missing input keys {missing}{hint}; "
                 f"available keys: {sorted(map(str, tensordict.keys(include_nested=True, leaves_only=True)))}."
             )
         shape = tensordict.shape
@@ -470,22 +563,81 @@ class TransformerModule(TensorDictModuleBase):
         for key in self.token_keys:
             value = tensordict.get(key)
             tokens.append(value.reshape(*shape, -1).to(self.backbone.embed[0].weight.dtype))
-        return torch.cat(tokens, -1), tensordict.get(self.is_init_key).reshape(*shape, 1)
+        return torch.cat(tokens, -1), tensordict.get(self.is_init_key).reshape(*shape, 1).bool()
+
+    def _runs_window(self, tensordict: TensorDictBase) -> bool:
+        names = tensordict.names
+        if "time" in names:
+            if names[-1] != "time":
+                raise ValueError(
+                    f"{type(self).__name__} reads the time dim last, got names={names}; "
+                    "permute the TensorDict so that 'time' is its last dim."
+                )
+            return True
+        return self.recurrent_mode
+
+    def _check_window(self, tensordict: TensorDictBase, is_init: torch.Tensor) -> None:
+        """One host sync: every row starts a meta-episode, and ``is_init`` agrees with ``start_key``."""
+        late_start = ~is_init[:, 0].all()
+        if self.start_key is None:
+            disagree = torch.zeros_like(late_start)
+        else:
+            start = tensordict.get(self.start_key).reshape(is_init.shape).bool()
+            disagree = (start != is_init).any()
+        late_start, disagree = torch.stack([late_start, disagree]).tolist()
+        name = type(self).__name__
+        if late_start:
+            raise ValueError(
+                f"{name} got a window whose rows do not all start a meta-episode (is_init is False at t = 0), "
+                f"so their context before t = 0 is unknown. This happens when a batch is not whole meta-episodes "
+                f"(frames_per_batch smaller than num_envs * H, or slices sampled from inside meta-episodes): "
+                f"{_WHOLE_EPISODES_HINT}."
+            )
+        if disagree:
+            raise ValueError(
+                f"{name} got a window whose is_init disagrees with {self.start_key!r}: it marks as a meta-episode "
+                f"start a step that is not one. A value estimator with shifted=False (the default of GAE, "
+                f"deactivate_vmap=True included, and of ClipPPOLoss's own estimator) calls the critic on "
+                f"data['next'] as a separate window that drops each row's first step; {_SHIFTED_HINT}."
+            )
+
+    def _window_features(self, tensordict: TensorDictBase, x: torch.Tensor, is_init: torch.Tensor) -> torch.Tensor:
+        if not tensordict.shape:
+            raise ValueError("the window path needs a TensorDict with a time dim, got batch_size=[].")
+        length = tensordict.shape[-1]
+        x, is_init = x.reshape(-1, length, x.shape[-1]), is_init.reshape(-1, length)
+        if self.validate_windows:
+            self._check_window(tensordict, is_init)
+        return self.backbone(x, is_init.unsqueeze(-1))
+
+    def _step_features(self, tensordict: TensorDictBase, x: torch.Tensor, is_init: torch.Tensor) -> torch.Tensor:
+        x, is_init = x.reshape(-1, x.shape[-1]), is_init.reshape(-1, 1)
+        if self._cache is None or self._cache_shape != tensordict.shape or not self._cache.matches(x):
+            if not bool(is_init.all()):  # one host sync per new cache
+                raise ValueError(
+                    f"{type(self).__name__}'s step path got new streams (batch shape {tuple(tensordict.shape)}) "
+                    "that do not start a meta-episode (is_init False): their context is unknown. For a [B, T] "
+                    "batch of steps, run the window path: name its time dim (data.names = [None, 'time'], as "
+                    "collectors do) or call under torchrl.modules.set_recurrent_mode(True). For a collection, "
+                    "start it with a reset and keep the same env batch (add torchrl.envs.InitTracker)."
+                )
+            self._cache = self.backbone.make_cache(x)
+            self._cache_shape = tensordict.shape
+        return self.backbone.step(x, is_init, self._cache)
 
     def forward(self, tensordict: TensorDictBase) -> TensorDictBase:
         x, is_init = self._inputs(tensordict)
-        shape = tensordict.shape
-        if self.recurrent_mode:
-            if not shape:
-                raise ValueError("the window path needs a TensorDict with a time dim, got batch_size=[].")
-            length = shape[-1]
-            features = self.backbone(x.reshape(-1, length, x.shape[-1]), is_init.reshape(-1, length, 1))
+        if is_batchedtensor(x):
+            raise ValueError(
+                f"{type(self).__name__} cannot run under torch.vmap: a value estimator with shifted=False (the "
+                "default of GAE and of ClipPPOLoss's own estimator) vmaps the critic over data and data['next'] "
+                f"separately, which drops each row's first step from the 'next' context; {_SHIFTED_HINT}."
+            )
+        if self._runs_window(tensordict):
+            features = self._window_features(tensordict, x, is_init)
         else:
-            x, is_init = x.reshape(-1, x.shape[-1]), is_init.reshape(-1, 1)
-            if self._cache is None or not self._cache.matches(x):
-                self._cache = self.backbone.make_cache(x)
-            features = self.backbone.step(x, is_init, self._cache)
-        features = features.reshape(*shape, -1)
+            features = self._step_features(tensordict, x, is_init)
+        features = features.reshape(*tensordict.shape, -1)
         outputs = [head(features) for head in self.heads]
         check = features.device.type == "cpu" if self.check_finite is None else self.check_finite
         if check and not bool(torch.stack([torch.isfinite(out).all() for out in outputs]).all()):
@@ -498,4 +650,4 @@ class TransformerModule(TensorDictModuleBase):
         bad_out = [key for key, out in zip(self.out_keys, outputs) if not bool(torch.isfinite(out).all())]
         bad_in = [key for key in self.token_keys if not bool(torch.isfinite(tensordict.get(key).float()).all())]
         cause = f"non-finite inputs {bad_in}" if bad_in else "the inputs are finite: non-finite weights"
-        return ValueError(f"TransformerModule outputs {bad_out} are not finite: {cause}.")
+        return ValueError(f"{type(self).__name__} outputs {bad_out} are not finite: {cause}.")
