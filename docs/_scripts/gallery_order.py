@@ -1,7 +1,13 @@
 """The reading order of the tutorials (sphinx-gallery's ``within_subsection_order``); unlisted ones go last."""
 from pathlib import Path
 
-ORDER = ("plot_task_families.py", "plot_rl3_transforms.py", "plot_training.py", "plot_evaluation.py")
+ORDER = (
+    "plot_task_families.py",
+    "plot_rl3_transforms.py",
+    "plot_training.py",
+    "plot_own_ppo_loop.py",
+    "plot_evaluation.py",
+)
 
 
 class TutorialOrder:
