@@ -59,8 +59,8 @@ def make_actor_critic(env, algo: str = "rl3", *, share_body: bool = False, devic
     Returns:
         ``(actor, critic)``: a :class:`~torchrl.modules.ProbabilisticActor` writing ``logits``, ``action``
         and ``action_log_prob`` (``torch.distributions.Categorical``), and a TensorDictModule writing
-        ``state_value``. Both run the step path by default and the window path under
-        ``set_recurrent_mode(True)`` (i.e. inside every torchrl loss).
+        ``state_value``. Both run the step path on per-step data and the window path under
+        ``set_recurrent_mode(True)`` (i.e. inside every torchrl loss) or on data with a ``"time"`` dim.
 
     Examples:
         >>> import torch
