@@ -234,17 +234,19 @@ def test_loaded_actor_rejects_a_longer_horizon(tmp_path):
 
 
 @pytest.mark.slow
-def test_default_config_learns_beyond_random(tmp_path):
-    """The recipe's default (RL³ on random MDPs, ≈1 min) must beat the random policy clearly on held-out tasks."""
+@pytest.mark.parametrize("algo, iterations, margin", [("rl3", 100, 0.05), ("rl2", 1000, 0.02)])
+def test_default_config_learns_beyond_random(tmp_path, algo, iterations, margin):
+    """The recipe's default must beat the random policy on held-out tasks: RL³ clearly within its 100 iterations
+    (≈1 min), RL² at the cpu study's budget of 1000 iterations (≈10 min; it learns slowly, docs/results.rst)."""
     from rl3_torchrl.evaluation import evaluate_baseline
 
-    cfg = load_config(["progress=false", f"output_dir={tmp_path}"])
+    cfg = load_config([f"algo={algo}", f"iterations={iterations}", "eval.num_tasks=256", "eval.every=1000",
+                       "progress=false", f"output_dir={tmp_path}"])
     history = Trainer(cfg).train()
     random = evaluate_baseline("random", cfg.env, horizon=cfg.horizon, num_tasks=cfg.eval.num_tasks, seed=cfg.seed)
     final = history[-1]
-    margin = 10 * random["return_stderr"]
-    assert final["eval_return"] > random["return_mean"] + margin
-    assert final["eval_normalized_return"] > random["normalized_mean"] + 0.05
+    assert final["eval_return"] > random["return_mean"] + 3 * random["return_stderr"]
+    assert final["eval_normalized_return"] > random["normalized_mean"] + margin
 
 
 @pytest.mark.slow
