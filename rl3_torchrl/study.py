@@ -45,6 +45,7 @@ __all__ = [
     "aggregate_cells",
     "evaluate_study",
     "frames_to_reach",
+    "git_revision",
     "learning_curves",
     "load_study",
     "named_studies",
@@ -206,6 +207,7 @@ def train_cell(cell: Cell, threads: int = 1) -> dict:
     out = cell.output_dir
     out.mkdir(parents=True, exist_ok=True)
     resume = (out / CHECKPOINT_NAME).exists()
+    code = git_revision()  # the code this process trains with (imported once per worker process)
     start = time.perf_counter()
     with open(out / "train.log", "a") as log, redirect_stdout(log), redirect_stderr(log):
         print(f"# {time.strftime('%Y-%m-%d %H:%M:%S')} {'resume' if resume else 'start'}: {cell.command}", flush=True)
@@ -216,6 +218,7 @@ def train_cell(cell: Cell, threads: int = 1) -> dict:
     record_path = out / CELL_RECORD
     record = json.loads(record_path.read_text()) if record_path.exists() else {"wall_s": 0.0}
     record.update(command=cell.command, iterations=trainer.iteration, frames=cell.frames(trainer.iteration))
+    record.setdefault("code", []).append(code)
     record["wall_s"] += time.perf_counter() - start
     tmp = record_path.with_suffix(".tmp")
     tmp.write_text(json.dumps(record, indent=1))
@@ -492,6 +495,24 @@ def _claims(study, root, agg, base, horizons, in_task, ood_tasks) -> list[str]:
     return lines
 
 
+def git_revision() -> str:
+    """The commit of the package's working tree, ``+modified`` when tracked files differ from it (``unknown``
+    outside a git checkout).
+
+    Examples:
+        >>> len(git_revision()) >= 7
+        True
+    """
+    here = Path(__file__).parent
+    try:
+        run = dict(capture_output=True, text=True, check=True, cwd=here)
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], **run).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], **run).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return commit + ("+modified" if dirty else "")
+
+
 def _versions() -> dict:
     import numpy
     import tensordict
@@ -499,11 +520,7 @@ def _versions() -> dict:
 
     import rl3_torchrl
 
-    try:
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True).stdout
-    except (OSError, subprocess.CalledProcessError):
-        commit = "unknown"
-    return {"rl3_torchrl": f"{rl3_torchrl.__version__} (git {commit.strip()})", "python": sys.version.split()[0],
+    return {"rl3_torchrl": f"{rl3_torchrl.__version__} (git {git_revision()})", "python": sys.version.split()[0],
             "torch": torch.__version__, "torchrl": torchrl.__version__, "tensordict": tensordict.__version__,
             "numpy": numpy.__version__}
 
@@ -537,7 +554,8 @@ def write_manifest(study: DictConfig, root, *, command: str, wall_s: float) -> P
         total_frames += record.get("frames", 0)
         total_wall += record.get("wall_s", 0.0)
         lines.append(f"  - {cell.name}: {cell.status()}, iterations {record.get('iterations', 0)}, frames "
-                     f"{record.get('frames', 0):,}, wall {record.get('wall_s', 0.0) / 60:.1f} min")
+                     f"{record.get('frames', 0):,}, wall {record.get('wall_s', 0.0) / 60:.1f} min, code "
+                     f"{', '.join(record.get('code', ['not recorded']))}")
         lines.append(f"    {cell.command}")
     lines.append(f"total: {total_frames:,} frames, {total_wall / 3600:.2f} CPU-hours of training (one thread per cell)")
     path = root / "MANIFEST"
