@@ -23,6 +23,8 @@ from __future__ import annotations
 
 import shutil
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -47,7 +49,6 @@ from rl3_torchrl.collectors import BACKENDS, MetaEnvFactory, fold_workers, make_
 from rl3_torchrl.modules import make_actor_critic
 from rl3_torchrl.modules.transformer import MetaCausalTransformer, MetaTransformerModule
 from rl3_torchrl.tasks import ALGOS, TASKS, make_meta_env, task_family
-from rl3_torchrl.transforms import OnlineQEstimator
 
 CONFIG_DIR = Path(__file__).parent / "configs"
 CHECKPOINT_NAME = "checkpoint.pt"
@@ -346,16 +347,8 @@ class Trainer:
         # the stock call: one causal pass of the critic over each meta-episode and its last next step (shifted=True)
         self.gae = GAE(gamma=ppo.gamma, lmbda=ppo.lmbda, value_network=self.critic, shifted=True, device=self.device)
         self.gae.set_keys(reward=SCALED_REWARD_KEY)
-        actor_params = list(self.actor.parameters())
-        actor_ids = {id(p) for p in actor_params}
-        critic_params = [p for p in self.critic.parameters() if id(p) not in actor_ids]
-        self.optimizer = torch.optim.AdamW(
-            [
-                {"params": actor_params, "weight_decay": 0.0},
-                {"params": critic_params, "weight_decay": ppo.critic_weight_decay},
-            ],
-            lr=ppo.lr,
-            eps=ppo.adam_eps,
+        self.optimizer = make_optimizer(
+            self.actor, self.critic, lr=ppo.lr, eps=ppo.adam_eps, critic_weight_decay=ppo.critic_weight_decay
         )
         self.buffer = ReplayBuffer(
             storage=LazyTensorStorage(cfg.num_envs, device=self.device),
@@ -363,18 +356,11 @@ class Trainer:
             batch_size=ppo.minibatch_episodes,
         )
         self.frames_per_batch = cfg.num_envs * self.horizon
-        self._time_q_estimation()
         self.iteration = 0
         self.logger = None
+        self._collector = self._bar = None
 
     # ------------------------------------------------------------------ parts
-    def _time_q_estimation(self) -> None:
-        """Accumulate the time spent in the online Q estimator under torchrl's ``timeit("q_estimation")``."""
-        for transform in self.env.transform:
-            if isinstance(transform, OnlineQEstimator):
-                transform._step = timeit("q_estimation")(transform._step)
-                transform._reset = timeit("q_estimation")(transform._reset)
-
     def entropy_coeff(self, iteration: int) -> float:
         """The entropy bonus of an iteration (linear decay to 0 at the last one, or constant)."""
         c = self.cfg.ppo.entropy_coeff
@@ -539,46 +525,59 @@ class Trainer:
             self.gae(data)
 
     def update(self, data) -> dict:
-        """PPO epochs on minibatches of whole meta-episodes; returns the iteration's mean statistics.
+        """The library's PPO update: epochs on minibatches of whole meta-episodes; returns the iteration's means.
 
-        Each minibatch's total loss and gradient norm are checked (one host sync): a non-finite one raises
-        :class:`NonFiniteError` before the optimizer step, or, with ``ppo.on_nonfinite=skip``, skips that minibatch
-        (counted in ``skipped_minibatches``). The weights are checked once at the end.
+        The same loop as ``update`` in ``recipes/ppo_rl3.py`` (the copy a user edits), built from the same helpers:
+        :class:`ActorKLStop`, :meth:`step_is_finite`, :meth:`summarize`. Each minibatch's total loss and gradient
+        norm are checked (one host sync): a non-finite one raises :class:`NonFiniteError` before the optimizer
+        step, or, with ``ppo.on_nonfinite=skip``, skips that minibatch. The weights are checked once at the end.
         """
         ppo = self.cfg.ppo
         self.loss.entropy_coeff.fill_(self.entropy_coeff(self.iteration))
         self.buffer.empty()
         self.buffer.extend(data)
-        actor_active, actor_updates, skipped, stats = True, 0, 0, []
+        kl_stop, outs, actor_updates, skipped = ActorKLStop(ppo.target_kl), [], 0, 0
         for epoch in range(ppo.epochs):
             for minibatch, batch in enumerate(self.buffer):
                 out = self.loss(batch)
-                kl = out["kl_approx"].detach()
-                if ppo.target_kl is not None and actor_active and kl > ppo.target_kl:
-                    actor_active = False  # the actor has moved far enough this iteration; the critic goes on
-                total = out["loss_critic"]
-                if actor_active:
-                    total = total + out["loss_objective"] + out["loss_entropy"]
+                total = kl_stop(out)
                 self.optimizer.zero_grad(set_to_none=True)
                 total.backward()
                 grad_norm = torch.nn.utils.clip_grad_norm_(self.loss.parameters(), ppo.max_grad_norm)
-                if not bool(torch.isfinite(total.detach()) & torch.isfinite(grad_norm)):
-                    where = f"epoch {epoch + 1}, minibatch {minibatch + 1}"
-                    if ppo.on_nonfinite == "stop":
-                        raise self._nonfinite(_nonfinite_losses(out, grad_norm), where)
+                if not self.step_is_finite(out, total, grad_norm, f"epoch {epoch + 1}, minibatch {minibatch + 1}"):
                     skipped += 1
                     continue
-                actor_updates += actor_active
+                actor_updates += kl_stop.active
                 self.optimizer.step()
-                stats.append(out.select(*_LOSS_STATS).detach())
-        if not stats:
+                outs.append(out.detach())
+        return self.summarize(outs, actor_updates=actor_updates, skipped=skipped)
+
+    def step_is_finite(self, out, total: torch.Tensor, grad_norm: torch.Tensor, where: str) -> bool:
+        """Whether a minibatch's total loss and gradient norm are finite (one host sync).
+
+        If not: raises :class:`NonFiniteError` naming the non-finite losses and ``where`` (``ppo.on_nonfinite=stop``)
+        or returns ``False`` so that the caller skips the optimizer step (``ppo.on_nonfinite=skip``).
+        """
+        if bool(torch.isfinite(total.detach()) & torch.isfinite(grad_norm)):
+            return True
+        if self.cfg.ppo.on_nonfinite == "stop":
+            raise self._nonfinite(_nonfinite_losses(out, grad_norm), where)
+        return False
+
+    def summarize(self, outs: list, *, actor_updates: int, skipped: int = 0) -> dict:
+        """The iteration's row of update statistics: the mean of each loss statistic over the minibatches that
+        stepped, ``actor_updates`` and, with ``ppo.on_nonfinite=skip``, ``skipped_minibatches``.
+
+        Raises :class:`NonFiniteError` when no minibatch stepped or when a weight is no longer finite.
+        """
+        if not outs:
             raise self._nonfinite(["every minibatch's loss"], "ppo.on_nonfinite=skip skipped them all")
         if not bool(torch.stack([torch.isfinite(p).all() for p in self.loss.parameters()]).all()):
             bad = [name for name, p in self.loss.named_parameters() if not bool(torch.isfinite(p).all())]
             raise self._nonfinite([f"the weights {bad[:3]}"], "after the optimizer steps")
-        result = {k: float(torch.stack([s[k] for s in stats]).float().mean()) for k in stats[0].keys()}
+        result = {k: float(torch.stack([o[k] for o in outs]).float().mean()) for k in LOSS_STATS}
         result["actor_updates"] = actor_updates
-        if ppo.on_nonfinite == "skip":
+        if self.cfg.ppo.on_nonfinite == "skip":
             result["skipped_minibatches"] = skipped
         return result
 
@@ -604,71 +603,123 @@ class Trainer:
     def train(self) -> list[dict]:
         """Run (or resume) the configured number of iterations; returns the logged rows of this call.
 
-        The run holds the :class:`~rl3_torchrl.checkpoint.RunLock` of ``output_dir`` throughout.
+        The loop of ``recipes/ppo_rl3.py`` with the library's :meth:`update`::
+
+            with trainer.run() as batches:
+                for data in batches:
+                    trainer.advantages(data)
+                    trainer.end_iteration(data, trainer.update(data))
 
         Raises:
             NonFiniteError: a loss, gradient, weight, policy output or reward is not finite (nothing of that
                 iteration is written; the last checkpoint stays).
         """
-        with RunLock(self.output_dir):
-            return self._train()
-
-    def _train(self) -> list[dict]:
-        cfg = self.cfg
-        state = self._resume_state()
-        self._prepare_output_dir(state)
-        if state is not None:
-            self.load_state_dict(state)
-        self.logger = self._make_logger(state)
-        remaining = cfg.iterations - self.iteration
-        if remaining <= 0:
-            return []
-        collector = self._make_collector(remaining)
-        if state is not None:  # the collector's construction drew tasks: restore the streams after it
-            self.env.base_env.set_rng_state(state["env_rng"])
-            torch.set_rng_state(state["torch_rng"])
         history = []
-        bar = tqdm(total=cfg.iterations, initial=self.iteration, disable=not cfg.progress, desc=f"{cfg.algo} {cfg.env}")
-        timeit.erase()
-        data_iter = iter(collector)
-        try:
-            while self.iteration < cfg.iterations:
-                start = time.perf_counter()
-                with timeit("collection"):
-                    data = fold_workers(next(data_iter), self.horizon)
-                self._check_batch(data)
-                with timeit("update"):
-                    self.advantages(data)
-                    row = self.update(data)
-                if cfg.collector.backend == "single":
-                    collector.update_policy_weights_()
-                else:
-                    collector.update_policy_weights_(self.actor)
-                elapsed = time.perf_counter() - start
-                times = timeit.todict(percall=False)
-                timeit.erase()
-                row.update(
-                    {
-                        "return": float(data["next", "reward"].sum(-2).mean()),
-                        "frames_per_s": self.frames_per_batch / elapsed,
-                        "entropy_coeff": self.entropy_coeff(self.iteration),
-                        "time_collection": times.get("collection", 0.0),
-                        "time_q_estimation": times.get("q_estimation", 0.0),
-                        "time_update": times.get("update", 0.0),
-                    }
-                )
-                self.iteration += 1
-                row.update(self._evaluate())
-                self._log(row)
-                history.append(row)
-                bar.set_postfix(ret=f"{row['return']:.1f}", fps=f"{row['frames_per_s']:.0f}")
-                bar.update()
-                if self.iteration % cfg.checkpoint.every == 0 or self.iteration == cfg.iterations:
-                    self.save()
-        finally:
-            bar.close()
-            collector.shutdown()
+        with self.run() as batches:
+            for data in batches:
+                self.advantages(data)
+                history.append(self.end_iteration(data, self.update(data)))
         return history
+
+    @contextmanager
+    def run(self) -> Iterator[Iterator]:
+        """Open the run and give the iterator of its remaining iterations' batches.
+
+        On entry: takes the :class:`~rl3_torchrl.checkpoint.RunLock` of ``output_dir``; resumes from the checkpoint
+        (``checkpoint.resume``: weights, optimizer, RNG streams, logs cut back to the checkpoint) or clears an
+        overwritten run; builds the logger and the collector. Each batch it yields is one meta-episode per env,
+        ``[num_envs, H]``, checked finite; the caller updates on it and then calls :meth:`end_iteration`. On exit
+        (also by an exception) the collector shuts down and the lock is released.
+
+        Examples:
+            >>> import tempfile
+            >>> cfg = load_config(["env=bandit", "horizon=6", "num_envs=2", "iterations=1",
+            ...                    "ppo.minibatch_episodes=1", "model.d_model=8", "model.hidden_sizes=[8]",
+            ...                    "model.ffn_dim=8", "model.num_heads=2", "eval.every=0", "progress=false",
+            ...                    f"output_dir={tempfile.mkdtemp()}"])
+            >>> trainer = Trainer(cfg)
+            >>> with trainer.run() as batches:
+            ...     for data in batches:
+            ...         trainer.advantages(data)
+            ...         row = trainer.end_iteration(data, trainer.update(data))
+            >>> data.shape, row["frames"], trainer.iteration
+            (torch.Size([2, 6]), 12, 1)
+        """
+        with RunLock(self.output_dir):
+            state = self._resume_state()
+            self._prepare_output_dir(state)
+            if state is not None:
+                self.load_state_dict(state)
+            self.logger = self._make_logger(state)
+            remaining = self.cfg.iterations - self.iteration
+            if remaining <= 0:
+                yield iter(())
+                return
+            self._collector = self._make_collector(remaining)
+            if state is not None:  # the collector's construction drew tasks: restore the streams after it
+                self.env.base_env.set_rng_state(state["env_rng"])
+                torch.set_rng_state(state["torch_rng"])
+            cfg = self.cfg
+            self._bar = tqdm(total=cfg.iterations, initial=self.iteration, disable=not cfg.progress,
+                             desc=f"{cfg.algo} {cfg.env}")
+            try:
+                yield self._batches()
+            finally:
+                self._bar.close()
+                self._collector.shutdown()
+                self._collector = None
+
+    def _batches(self) -> Iterator:
+        data_iter = iter(self._collector)
+        while self.iteration < self.cfg.iterations:
+            iteration = self.iteration
+            timeit.erase()
+            self._started = time.perf_counter()
+            with timeit("collection"):
+                data = fold_workers(next(data_iter), self.horizon)
+            self._check_batch(data)
+            self._collected = time.perf_counter()
+            yield data
+            if self.iteration == iteration:
+                raise RuntimeError(
+                    f"iteration {iteration + 1} was not ended: call trainer.end_iteration(data, stats) after the "
+                    "update of each batch (it sends the new weights to the collector, logs, evaluates and saves)."
+                )
+
+    def end_iteration(self, data, stats: dict) -> dict:
+        """Finish the iteration of ``data`` after its update; returns its logged row.
+
+        Sends the new weights to the collector, adds to ``stats`` the training return, ``frames`` (collected so
+        far), the throughput, the entropy coefficient and the time of each phase, evaluates on held-out tasks every
+        ``eval.every`` iterations, logs every value at step ``iteration`` and writes the checkpoint every
+        ``checkpoint.every`` iterations (see :meth:`run`'s example).
+        """
+        if self.cfg.collector.backend == "single":
+            self._collector.update_policy_weights_()
+        else:
+            self._collector.update_policy_weights_(self.actor)
+        end = time.perf_counter()
+        times = timeit.todict(percall=False)
+        row = dict(stats)
+        row.update(
+            {
+                "return": float(data["next", "reward"].sum(-2).mean()),
+                "frames": (self.iteration + 1) * self.frames_per_batch,
+                "frames_per_s": self.frames_per_batch / (end - self._started),
+                "entropy_coeff": self.entropy_coeff(self.iteration),
+                "time_collection": times.get("collection", 0.0),
+                "time_q_estimation": times.get("q_estimation", 0.0),
+                "time_update": end - self._collected,
+            }
+        )
+        self.iteration += 1
+        row.update(self._evaluate())
+        self._log(row)
+        self._bar.set_postfix(ret=f"{row['return']:.1f}", fps=f"{row['frames_per_s']:.0f}")
+        self._bar.update()
+        if self.iteration % self.cfg.checkpoint.every == 0 or self.iteration == self.cfg.iterations:
+            self.save()
+        return row
 
     def _evaluate(self) -> dict:
         every = self.cfg.eval.every
@@ -698,6 +749,69 @@ class Trainer:
             self.logger.log_scalar(key, value, step=self.iteration)
 
 
+class ActorKLStop:
+    """The paper's actor-only early stop of a PPO iteration: once the approximate KL between the behaviour policy
+    and the trained one exceeds ``target_kl``, the actor's losses leave the objective for the rest of the iteration
+    while the critic keeps training.
+
+    Make one per iteration and call it on each minibatch's :class:`~torchrl.objectives.ClipPPOLoss` output; it
+    returns the loss to backpropagate (``loss_critic``, plus ``loss_objective + loss_entropy`` while
+    :attr:`active`).
+
+    Args:
+        target_kl (float or None): the threshold on ``kl_approx``; ``None`` never stops the actor.
+
+    Examples:
+        >>> from tensordict import TensorDict
+        >>> out = TensorDict(loss_objective=torch.tensor(1.0), loss_entropy=torch.tensor(0.5),
+        ...                  loss_critic=torch.tensor(2.0), kl_approx=torch.tensor(0.001))
+        >>> stop = ActorKLStop(0.01)
+        >>> stop(out), stop.active
+        (tensor(3.5000), True)
+        >>> out["kl_approx"] = torch.tensor(0.02)
+        >>> stop(out), stop.active
+        (tensor(2.), False)
+    """
+
+    def __init__(self, target_kl: float | None):
+        if target_kl is not None:
+            check_float("target_kl", target_kl, low=0.0, low_inclusive=False)
+        self.target_kl = target_kl
+        self.active = True
+
+    def __call__(self, out) -> torch.Tensor:
+        if self.target_kl is not None and self.active and out["kl_approx"].detach() > self.target_kl:
+            self.active = False  # the actor has moved far enough this iteration; the critic goes on
+        total = out["loss_critic"]
+        if self.active:
+            total = total + out["loss_objective"] + out["loss_entropy"]
+        return total
+
+
+def make_optimizer(actor, critic, *, lr: float, eps: float, critic_weight_decay: float) -> torch.optim.AdamW:
+    """AdamW over the actor's and the critic's parameters with weight decay on the critic's alone (as in the paper).
+
+    Parameters the critic shares with the actor belong to the actor's group (no decay).
+
+    Examples:
+        >>> actor, critic = torch.nn.Linear(2, 2), torch.nn.Linear(2, 1)
+        >>> optimizer = make_optimizer(actor, critic, lr=1e-3, eps=1e-7, critic_weight_decay=0.01)
+        >>> [group["weight_decay"] for group in optimizer.param_groups]
+        [0.0, 0.01]
+    """
+    actor_params = list(actor.parameters())
+    actor_ids = {id(p) for p in actor_params}
+    critic_params = [p for p in critic.parameters() if id(p) not in actor_ids]
+    return torch.optim.AdamW(
+        [
+            {"params": actor_params, "weight_decay": 0.0},
+            {"params": critic_params, "weight_decay": critic_weight_decay},
+        ],
+        lr=lr,
+        eps=eps,
+    )
+
+
 class NonFiniteError(FloatingPointError):
     """A training run met a non-finite loss, gradient, weight, policy output or reward.
 
@@ -717,7 +831,8 @@ def _nonfinite_losses(out, grad_norm) -> list[str]:
     return names + ([] if bool(torch.isfinite(grad_norm)) else ["the gradient norm"])
 
 
-_LOSS_STATS = (
+#: The loss statistics of :class:`~torchrl.objectives.ClipPPOLoss` that :meth:`Trainer.summarize` averages.
+LOSS_STATS = (
     "loss_objective",
     "loss_critic",
     "loss_entropy",

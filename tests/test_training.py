@@ -94,6 +94,53 @@ def test_kill_and_resume_reproduces_the_uninterrupted_run(tmp_path):
         assert logs[0] == logs[1], name  # every iteration logged exactly once
 
 
+def _same_weights(a, b) -> None:
+    a, b = torch.load(Path(a) / "checkpoint.pt", weights_only=False), torch.load(Path(b) / "checkpoint.pt", weights_only=False)
+    assert a["iteration"] == b["iteration"]
+    for key in ("actor", "critic"):
+        assert all(torch.equal(a[key][name], b[key][name]) for name in a[key]), key
+    assert torch.equal(a["torch_rng"], b["torch_rng"])
+
+
+def test_the_recipes_loop_is_the_trainers(tmp_path):
+    """recipes/ppo_rl3.py's own update and loop give the weights, logs and RNG streams of Trainer.train()."""
+    full = Trainer(_config(tmp_path / "trainer")).train()
+    recipe = _recipe().main([*TINY, "iterations=4", "checkpoint.every=2", f"output_dir={tmp_path / 'recipe'}"])
+    assert [r["loss_critic"] for r in recipe] == [r["loss_critic"] for r in full]
+    _same_weights(tmp_path / "trainer", tmp_path / "recipe")
+    scalars = [tmp_path / run / "logs" / "random_mdp_rl3" / "scalars" / "loss_critic.csv" for run in ("trainer", "recipe")]
+    assert scalars[0].read_text() == scalars[1].read_text()
+
+
+def test_the_recipe_killed_and_resumed_reproduces_the_uninterrupted_run(tmp_path):
+    recipe = _recipe()
+    args = [*TINY, "iterations=4", "checkpoint.every=2"]
+    recipe.main([*args, f"output_dir={tmp_path / 'full'}"])
+    update = recipe.update
+
+    def dying_update(trainer, data):
+        if trainer.iteration == 3:
+            raise KeyboardInterrupt("killed")
+        return update(trainer, data)
+
+    with pytest.MonkeyPatch.context() as monkeypatch, pytest.raises(KeyboardInterrupt):
+        monkeypatch.setattr(recipe, "update", dying_update)
+        recipe.main([*args, f"output_dir={tmp_path / 'killed'}"])
+    assert len(recipe.main([*args, f"output_dir={tmp_path / 'killed'}", "checkpoint.resume=true"])) == 2
+    _same_weights(tmp_path / "full", tmp_path / "killed")
+
+
+def test_a_loop_that_does_not_end_its_iteration_is_told_how(tmp_path):
+    trainer = Trainer(_config(tmp_path))
+    with pytest.raises(RuntimeError, match=r"iteration 1 was not ended: call trainer.end_iteration\(data, stats\)"):
+        with trainer.run() as batches:
+            for data in batches:
+                trainer.advantages(data)
+                trainer.update(data)
+    with trainer.run() as batches:  # the lock was released and the collector shut down
+        assert next(batches).shape == (2, 6)
+
+
 def test_checkpoint_errors(tmp_path):
     cfg = _config(tmp_path, "iterations=1")
     Trainer(cfg).train()
