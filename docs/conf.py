@@ -109,6 +109,7 @@ API_MODULES = (
     "rl3_torchrl.transforms",
     "rl3_torchrl.modules",
     "rl3_torchrl.tasks",
+    "rl3_torchrl.config",
     "rl3_torchrl.training",
     "rl3_torchrl.study",
     "rl3_torchrl.collectors",

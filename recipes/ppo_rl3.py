@@ -30,7 +30,8 @@ from omegaconf import OmegaConf
 
 from rl3_torchrl.evaluation import evaluate_baseline
 from rl3_torchrl.plotting import plot_training_curves
-from rl3_torchrl.training import ActorKLStop, Trainer, load_config, named_configs
+from rl3_torchrl.config import commented_config, load_config, named_configs
+from rl3_torchrl.training import ActorKLStop, Trainer
 
 
 def update(trainer: Trainer, data) -> dict:
@@ -65,7 +66,7 @@ def main(argv=None):
     if any(a in ("-h", "--help") for a in argv):
         print(__doc__)
         print("named configs:", ", ".join(named_configs()))
-        print(OmegaConf.to_yaml(load_config([a for a in argv if a not in ("-h", "--help")])))
+        print(commented_config([a for a in argv if a not in ("-h", "--help")]))
         return None
     cfg = load_config(argv)
     print(OmegaConf.to_yaml(cfg))

@@ -11,6 +11,7 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import shutil
 import socket
 from pathlib import Path
 
@@ -53,6 +54,41 @@ def save_checkpoint(state: dict, path) -> Path:
         os.fsync(f.fileno())
     os.replace(tmp, path)
     return path
+
+
+def keep_checkpoint(path, iteration: int, keep_last: int) -> list[Path]:
+    """Keep the checkpoint at ``path`` as ``checkpoints/iteration_<N>.pt`` beside it; delete all but the
+    ``keep_last`` newest kept ones. Returns the kept files, oldest first.
+
+    The kept file is a hard link to the checkpoint (no extra space: :func:`save_checkpoint` later renames a new
+    file over ``path``, the link keeps the old one), made under a temporary name and renamed into place, so a kill
+    never leaves a torn file. This is keep-last-k; torchrl's ``CheckpointRotation`` does the same for its own
+    directory format, which :func:`load_checkpoint`, ``load_actor`` and the committed runs do not use.
+
+    Examples:
+        >>> import tempfile, os
+        >>> path = os.path.join(tempfile.mkdtemp(), "checkpoint.pt")
+        >>> for iteration in (10, 20, 30):
+        ...     _ = save_checkpoint({"iteration": iteration}, path)
+        ...     kept = keep_checkpoint(path, iteration, keep_last=2)
+        >>> [p.name for p in kept], load_checkpoint(kept[0])["iteration"]
+        (['iteration_000020.pt', 'iteration_000030.pt'], 20)
+    """
+    path = Path(path)
+    folder = path.parent / "checkpoints"
+    folder.mkdir(exist_ok=True)
+    target = folder / f"iteration_{iteration:06d}.pt"
+    tmp = target.with_name(f"{_temporary_prefix(target)}{os.getpid()}")
+    tmp.unlink(missing_ok=True)
+    try:
+        os.link(path, tmp)
+    except OSError:  # a filesystem without hard links
+        shutil.copyfile(path, tmp)
+    os.replace(tmp, target)
+    kept = sorted(folder.glob("iteration_*.pt"))
+    for old in kept[: max(len(kept) - keep_last, 0)]:
+        old.unlink()
+    return kept[-keep_last:] if keep_last else []
 
 
 def temporary_files(path) -> list[Path]:

@@ -10,9 +10,22 @@ paper, the actor stops updating for the rest of an iteration once the approximat
 has weight decay. ``ppo.reward_scale`` multiplies the rewards that GAE and the critic see (e.g. 0.01 on gridworlds,
 whose meta-episode returns reach the thousands); logged and evaluated returns stay unscaled.
 
-The configuration is an OmegaConf tree (``rl3_torchrl/configs/ppo.yaml`` and the named configs beside it);
-:func:`load_config` merges a named config and ``key=value`` overrides, :func:`validate_config` checks every key
-against its allowed range before any work, :func:`train` runs it.
+The configuration (:mod:`rl3_torchrl.config`, whose functions this module re-exports) is an OmegaConf tree;
+:func:`train` runs it.
+
+Who owns the loop. ``recipes/ppo_rl3.py`` does, in the layout of TorchRL's sota-implementations: ``with
+trainer.run() as batches: for data in batches:`` advantages, its own ``update`` (the PPO epochs written out), then
+:meth:`Trainer.end_iteration`. What must not be re-implemented per recipe stays here, one helper for both callers:
+building the parts from the configuration, the run lock, exact resume and the output folder (:meth:`Trainer.run`),
+the weights sent to the collector, logging with ``frames``, evaluation and atomic checkpoints
+(:meth:`Trainer.end_iteration`), the paper's actor-only KL stop (:class:`ActorKLStop`), critic-only weight decay
+(:func:`make_optimizer`) and the non-finite guards (:meth:`Trainer.step_is_finite`, :meth:`Trainer.summarize`).
+:meth:`Trainer.train` is the same loop with :meth:`Trainer.update`, for callers without the recipe (the study
+runner, the tests); the recipe's ``update`` repeats only its ten-line loop skeleton, which is the part a user
+changes, and a test checks that the two give bit-identical weights. A run is therefore changed without a library
+edit (change ``update`` in a copy of the recipe), and a library caller still gets a whole run from one call. The
+alternatives were worse: a ``Trainer`` with hooks for every step hides the loop the issue asks to show, and a recipe
+that re-implements resume, locking and logging would duplicate the fault-tested parts.
 
 What a run guarantees: a run killed at any moment resumes (``checkpoint.resume=true``) to the same logs and weights
 as an uninterrupted run; a non-finite loss, gradient, weight, policy output or reward stops it with
@@ -21,6 +34,7 @@ the minibatch); only one process writes into an ``output_dir`` at a time (:class
 """
 from __future__ import annotations
 
+import math
 import shutil
 import time
 from collections.abc import Iterator
@@ -37,21 +51,36 @@ from torchrl.record.loggers import get_logger
 from tqdm.auto import tqdm
 
 from rl3_torchrl._validation import check_choice, check_float, check_int
+from rl3_torchrl.config import (  # noqa: F401  (re-exported: the study runner and older callers import them here)
+    COMPILE_MODES,
+    CONFIG_DIR,
+    MAX_REWARD_SCALE,
+    flat_config,
+    load_config,
+    named_configs,
+    unflatten_config,
+    validate_config,
+    save_config,
+)
 from rl3_torchrl.checkpoint import (
     CheckpointError,
     RunLock,
     check_config,
+    keep_checkpoint,
     load_checkpoint,
     save_checkpoint,
     temporary_files,
 )
-from rl3_torchrl.collectors import BACKENDS, MetaEnvFactory, fold_workers, make_collector, worker_seed
+from rl3_torchrl.collectors import MetaEnvFactory, fold_workers, make_collector, worker_seed
 from rl3_torchrl.modules import make_actor_critic
 from rl3_torchrl.modules.transformer import MetaCausalTransformer, MetaTransformerModule
-from rl3_torchrl.tasks import ALGOS, TASKS, make_meta_env, task_family
+from rl3_torchrl.tasks import TASKS, make_meta_env, task_family
 
-CONFIG_DIR = Path(__file__).parent / "configs"
 CHECKPOINT_NAME = "checkpoint.pt"
+#: The best checkpoint by held-out return, with ``checkpoint.keep_best=true``.
+BEST_CHECKPOINT_NAME = "checkpoint_best.pt"
+#: The resolved configuration every run writes into its ``output_dir``.
+CONFIG_NAME = "config.yaml"
 #: The rewards GAE and the critic see: ``("next", "reward")`` times ``ppo.reward_scale``.
 SCALED_REWARD_KEY = "scaled_reward"
 # Keys that may change when a run is resumed; everything else must match the checkpoint.
@@ -64,6 +93,8 @@ RESUMABLE_KEYS = (
     "checkpoint.every",
     "checkpoint.resume",
     "checkpoint.overwrite",
+    "checkpoint.keep_last",
+    "checkpoint.keep_best",
     "logger.backend",
     "eval.every",
     "progress",
@@ -77,227 +108,6 @@ RESUMABLE_KEYS = (
     "compile.backend",
     "compile.mode",
 )
-
-
-def named_configs() -> list[str]:
-    """The named configurations shipped with the package.
-
-    Examples:
-        >>> "paper_random_mdp" in named_configs()
-        True
-    """
-    return sorted(p.stem for p in CONFIG_DIR.glob("*.yaml") if p.stem != "ppo")
-
-
-def load_config(overrides: list[str] | None = None, config: str | None = None) -> DictConfig:
-    """The default configuration, merged with a named config and ``key=value`` overrides.
-
-    ``overrides`` may itself hold ``config=NAME``. Unknown keys are rejected (the tree is struct-locked).
-
-    Examples:
-        >>> cfg = load_config(["algo=rl2", "ppo.lr=1e-4"])
-        >>> cfg.algo, cfg.ppo.lr
-        ('rl2', 0.0001)
-        >>> load_config(config="paper_random_mdp").horizon
-        512
-    """
-    overrides = list(overrides or [])
-    names = [o.split("=", 1)[1] for o in overrides if o.startswith("config=")]
-    overrides = [o for o in overrides if not o.startswith("config=")]
-    config = names[-1] if names else config
-    cfg = OmegaConf.load(CONFIG_DIR / "ppo.yaml")
-    OmegaConf.set_struct(cfg, True)
-    if config is not None:
-        check_choice("config", config, named_configs())
-        cfg = OmegaConf.merge(cfg, OmegaConf.load(CONFIG_DIR / f"{config}.yaml"))
-    malformed = [o for o in overrides if "=" not in o]
-    if malformed:
-        raise ValueError(f"overrides must look like key=value, got {malformed}.")
-    try:
-        cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist(overrides))
-    except Exception as err:  # omegaconf raises ConfigKeyError & co. for unknown keys
-        raise ValueError(f"bad override in {overrides}: {err}") from None
-    validate_config(cfg)
-    return cfg
-
-
-#: ``ppo.reward_scale`` at most this: the critic's squared error of scaled returns must stay far from float32 overflow.
-MAX_REWARD_SCALE = 1e6
-COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
-
-
-def _integer(low=None, high=None):
-    return lambda name, value: check_int(name, value, low=low, high=high)
-
-
-def _real(low=None, high=None, low_inclusive=True):
-    return lambda name, value: check_float(name, value, low=low, high=high, low_inclusive=low_inclusive)
-
-
-def _one_of(choices):
-    return lambda name, value: check_choice(name, value, choices)
-
-
-def _optional(check):
-    return lambda name, value: None if value is None else check(name, value)
-
-
-def _flag(name, value):
-    if not isinstance(value, bool):
-        raise TypeError(f"{name} must be true or false, got {value!r} ({type(value).__name__}).")
-
-
-def _text(name, value):
-    if not isinstance(value, str) or not value:
-        raise TypeError(f"{name} must be a non-empty string, got {value!r} ({type(value).__name__}).")
-
-
-def _device(name, value):
-    _text(name, value)
-    try:
-        torch.device(value)
-    except RuntimeError:
-        raise ValueError(f"{name}={value!r} is not a torch device; e.g. cpu, cuda, cuda:1, mps.") from None
-
-
-def _widths(name, value):
-    if not isinstance(value, (list, tuple)):
-        raise TypeError(f"{name} must be a list of positive integers (e.g. [64, 64]), got {value!r}.")
-    for i, width in enumerate(value):
-        check_int(f"{name}[{i}]", width, low=1)
-
-
-# Every key of the configuration with its allowed values: validate_config checks each one before any work.
-_SCHEMA = {
-    "algo": _one_of(ALGOS),
-    "env": _one_of(TASKS),
-    "horizon": _optional(_integer(low=1)),
-    "num_envs": _integer(low=1),
-    "iterations": _integer(low=1),
-    "seed": _integer(low=0, high=2**63 - 1),
-    "device": _device,
-    "progress": _flag,
-    "output_dir": _text,
-    "model.hidden_sizes": _widths,
-    "model.d_model": _integer(low=1),
-    "model.num_layers": _integer(low=0),
-    "model.num_heads": _integer(low=1),
-    "model.ffn_dim": _integer(low=1),
-    "model.dropout": _real(low=0.0, high=0.99),
-    "ppo.epochs": _integer(low=1),
-    "ppo.minibatch_episodes": _integer(low=1),
-    "ppo.clip_epsilon": _real(low=0.0, low_inclusive=False),
-    "ppo.gamma": _real(low=0.0, high=1.0),
-    "ppo.lmbda": _real(low=0.0, high=1.0),
-    "ppo.reward_scale": _real(low=0.0, high=MAX_REWARD_SCALE, low_inclusive=False),
-    "ppo.lr": _real(low=0.0, low_inclusive=False),
-    "ppo.adam_eps": _real(low=0.0, low_inclusive=False),
-    "ppo.critic_weight_decay": _real(low=0.0),
-    "ppo.critic_coeff": _real(low=0.0),
-    "ppo.loss_critic_type": _one_of(("l1", "l2", "smooth_l1")),
-    "ppo.target_kl": _optional(_real(low=0.0, low_inclusive=False)),
-    "ppo.entropy_coeff": _real(low=0.0),
-    "ppo.entropy_schedule": _one_of(("linear", "constant")),
-    "ppo.max_grad_norm": _real(low=0.0, low_inclusive=False),
-    "ppo.on_nonfinite": _one_of(("stop", "skip")),
-    "eval.every": _integer(low=0),
-    "eval.num_tasks": _integer(low=1),
-    "logger.backend": _one_of(("csv", "tensorboard", "wandb", "")),
-    "logger.exp_name": _text,
-    "checkpoint.every": _integer(low=1),
-    "checkpoint.resume": _flag,
-    "checkpoint.overwrite": _flag,
-    "collector.backend": _one_of(BACKENDS),
-    "collector.workers": _integer(low=1),
-    "collector.threads_per_worker": _integer(low=1),
-    "collector.ray.address": _optional(_text),
-    "collector.ray.num_cpus_per_worker": _real(low=0.0, low_inclusive=False),
-    "collector.ray.num_gpus_per_worker": _real(low=0.0),
-    "compile.enabled": _flag,
-    "compile.backend": _text,
-    "compile.mode": _optional(_one_of(COMPILE_MODES)),
-}
-
-
-def validate_config(cfg: DictConfig) -> None:
-    """Check every key of a configuration against its allowed values, then the keys that depend on each other.
-
-    Errors name the key, the value and what is allowed (``ValueError``; ``TypeError`` for a value of the wrong
-    type, e.g. ``ppo.lr=abc`` or ``model.hidden_sizes=16``). ``ppo.reward_scale`` is at most
-    :data:`MAX_REWARD_SCALE`.
-
-    Examples:
-        >>> cfg = load_config()
-        >>> cfg.num_envs = 5
-        >>> validate_config(cfg)
-        Traceback (most recent call last):
-        ...
-        ValueError: ppo.minibatch_episodes=8 exceeds num_envs=5 (a minibatch holds whole meta-episodes ...).
-        >>> load_config(["ppo.gamma=2"])
-        Traceback (most recent call last):
-        ...
-        ValueError: ppo.gamma=2 is out of range; allowed: [0.0, 1.0].
-    """
-    flat = flat_config(cfg)
-    for key in flat:
-        if key not in _SCHEMA:
-            settings = [k for k in _SCHEMA if k.startswith(key + ".")]
-            if settings:
-                raise ValueError(
-                    f"{key}={flat[key]!r} is a group of settings ({', '.join(settings[:3])}, ...), not a value: "
-                    f"set its keys instead, e.g. {settings[0]}=..."
-                )
-            raise ValueError(f"unknown configuration key {key!r} (allowed keys: rl3_torchrl/configs/ppo.yaml).")
-    missing = [key for key in _SCHEMA if key not in flat]
-    if missing:
-        raise ValueError(f"the configuration lacks the keys {missing} (see rl3_torchrl/configs/ppo.yaml).")
-    for key, check in _SCHEMA.items():
-        check(key, flat[key])
-    if cfg.model.d_model % cfg.model.num_heads:
-        raise ValueError(
-            f"model.d_model={cfg.model.d_model} must be a multiple of model.num_heads={cfg.model.num_heads}."
-        )
-    if cfg.checkpoint.resume and cfg.checkpoint.overwrite:
-        raise ValueError(
-            "checkpoint.resume=true and checkpoint.overwrite=true contradict each other: resume continues the run "
-            "in output_dir, overwrite deletes it and starts over; pass one."
-        )
-    if cfg.ppo.minibatch_episodes > cfg.num_envs:
-        raise ValueError(
-            f"ppo.minibatch_episodes={cfg.ppo.minibatch_episodes} exceeds num_envs={cfg.num_envs} "
-            "(a minibatch holds whole meta-episodes of one iteration)."
-        )
-    workers = cfg.collector.workers
-    if cfg.collector.backend == "single" and workers != 1:
-        raise ValueError(
-            f"collector.workers={workers} needs collector.backend=multiprocess or ray (backend=single is one process)."
-        )
-    if cfg.num_envs % workers:
-        raise ValueError(
-            f"num_envs={cfg.num_envs} is not a multiple of collector.workers={workers}: each worker steps "
-            "num_envs / workers envs (one meta-episode each per iteration)."
-        )
-
-
-def flat_config(cfg) -> dict:
-    """A configuration tree as one ``{"dotted.key": value}`` dict (lists stay values).
-
-    Examples:
-        >>> flat_config(OmegaConf.create({"ppo": {"lr": 0.1}, "seed": 0}))
-        {'ppo.lr': 0.1, 'seed': 0}
-    """
-    flat = {}
-
-    def walk(node, prefix):
-        for key, value in node.items():
-            name = f"{prefix}{key}"
-            if isinstance(value, dict):
-                walk(value, name + ".")
-            else:
-                flat[name] = value
-
-    walk(OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else cfg, "")
-    return flat
 
 
 class Trainer:
@@ -322,6 +132,7 @@ class Trainer:
         self.device = torch.device(cfg.device)
         self.output_dir = Path(cfg.output_dir)
         self.checkpoint_path = self.output_dir / CHECKPOINT_NAME
+        self.best_checkpoint_path = self.output_dir / BEST_CHECKPOINT_NAME
         self._check_output_dir()
         factory = MetaEnvFactory(cfg.env, cfg.algo, cfg.num_envs, horizon=cfg.horizon, seed=cfg.seed, device=cfg.device)
         self.env = factory()
@@ -357,6 +168,7 @@ class Trainer:
         )
         self.frames_per_batch = cfg.num_envs * self.horizon
         self.iteration = 0
+        self.best_eval_return = -math.inf  # of this run's evaluations, for checkpoint.keep_best
         self.logger = None
         self._collector = self._bar = None
 
@@ -440,7 +252,8 @@ class Trainer:
         """What an earlier run left in the output folder: its checkpoint, temporary checkpoint files, its logs."""
         logs = self.output_dir / "logs"
         has_logs = logs.is_dir() and any(p.is_file() for p in logs.rglob("*"))
-        found = [self.checkpoint_path] if self.checkpoint_path.exists() else []
+        kept = [self.best_checkpoint_path, self.output_dir / "checkpoints"]
+        found = [p for p in (self.checkpoint_path, *kept) if p.exists()]
         return found + temporary_files(self.checkpoint_path) + ([logs] if has_logs else [])
 
     def _check_output_dir(self) -> None:
@@ -467,7 +280,9 @@ class Trainer:
             tmp.unlink()  # a save killed mid-write; the checkpoint beside it is intact
         if self.cfg.checkpoint.overwrite:
             self.checkpoint_path.unlink(missing_ok=True)
-            shutil.rmtree(self.output_dir / "logs", ignore_errors=True)
+            self.best_checkpoint_path.unlink(missing_ok=True)
+            for folder in ("logs", "checkpoints"):
+                shutil.rmtree(self.output_dir / folder, ignore_errors=True)
         if state is not None:
             _truncate_logs(self._log_files(), _log_sizes(state, self.output_dir))
 
@@ -477,6 +292,7 @@ class Trainer:
         return {
             "config": flat_config(self.cfg),
             "iteration": self.iteration,
+            "best_eval_return": self.best_eval_return,
             "actor": self.actor.state_dict(),
             "critic": self.critic.state_dict(),
             "optimizer": self.optimizer.state_dict(),
@@ -492,6 +308,7 @@ class Trainer:
         torch.set_rng_state(state["torch_rng"])
         self.env.base_env.set_rng_state(state["env_rng"])
         self.iteration = state["iteration"]
+        self.best_eval_return = state.get("best_eval_return", -math.inf)
 
     def _resume_state(self) -> dict | None:
         if not self.cfg.checkpoint.resume:
@@ -511,8 +328,12 @@ class Trainer:
         return {**flat, "horizon": self.horizon} if flat.get("horizon", self.horizon) is None else flat
 
     def save(self) -> Path:
-        """Write the checkpoint of the current iteration atomically."""
-        return save_checkpoint(self.state_dict(), self.checkpoint_path)
+        """Write the checkpoint of the current iteration atomically (and keep the ``checkpoint.keep_last`` newest
+        as ``checkpoints/iteration_<N>.pt``)."""
+        path = save_checkpoint(self.state_dict(), self.checkpoint_path)
+        if self.cfg.checkpoint.keep_last:
+            keep_checkpoint(path, self.iteration, self.cfg.checkpoint.keep_last)
+        return path
 
     # ------------------------------------------------------------------ one iteration
     def advantages(self, data) -> None:
@@ -627,7 +448,7 @@ class Trainer:
 
         On entry: takes the :class:`~rl3_torchrl.checkpoint.RunLock` of ``output_dir``; resumes from the checkpoint
         (``checkpoint.resume``: weights, optimizer, RNG streams, logs cut back to the checkpoint) or clears an
-        overwritten run; builds the logger and the collector. Each batch it yields is one meta-episode per env,
+        overwritten run; writes the resolved ``config.yaml``; builds the logger and the collector. Each batch it yields is one meta-episode per env,
         ``[num_envs, H]``, checked finite; the caller updates on it and then calls :meth:`end_iteration`. On exit
         (also by an exception) the collector shuts down and the lock is released.
 
@@ -650,6 +471,7 @@ class Trainer:
             self._prepare_output_dir(state)
             if state is not None:
                 self.load_state_dict(state)
+            save_config(self.cfg, self.output_dir / CONFIG_NAME)
             self.logger = self._make_logger(state)
             remaining = self.cfg.iterations - self.iteration
             if remaining <= 0:
@@ -691,8 +513,9 @@ class Trainer:
 
         Sends the new weights to the collector, adds to ``stats`` the training return, ``frames`` (collected so
         far), the throughput, the entropy coefficient and the time of each phase, evaluates on held-out tasks every
-        ``eval.every`` iterations, logs every value at step ``iteration`` and writes the checkpoint every
-        ``checkpoint.every`` iterations (see :meth:`run`'s example).
+        ``eval.every`` iterations, logs every value at step ``iteration``, writes the checkpoint every
+        ``checkpoint.every`` iterations and, with ``checkpoint.keep_best``, ``checkpoint_best.pt`` whenever the
+        held-out return improves (see :meth:`run`'s example).
         """
         if self.cfg.collector.backend == "single":
             self._collector.update_policy_weights_()
@@ -715,6 +538,9 @@ class Trainer:
         self.iteration += 1
         row.update(self._evaluate())
         self._log(row)
+        if self.cfg.checkpoint.keep_best and row.get("eval_return", -math.inf) > self.best_eval_return:
+            self.best_eval_return = row["eval_return"]
+            save_checkpoint(self.state_dict(), self.best_checkpoint_path)
         self._bar.set_postfix(ret=f"{row['return']:.1f}", fps=f"{row['frames_per_s']:.0f}")
         self._bar.update()
         if self.iteration % self.cfg.checkpoint.every == 0 or self.iteration == self.cfg.iterations:
@@ -911,7 +737,7 @@ def load_actor(
         ValueError: checkpoint ... was trained at H=6: its actor cannot act at horizon=7; allowed: [1, 6].
     """
     state = load_checkpoint(path)
-    cfg = OmegaConf.create(_unflatten(state["config"]))
+    cfg = OmegaConf.create(unflatten_config(state["config"]))
     if task is not None and TASKS[check_choice("task", task, TASKS)].family != TASKS[cfg.env].family:
         raise ValueError(
             f"checkpoint {str(path)!r} was trained on env={cfg.env!r}; it cannot act on task={task!r} "
@@ -929,14 +755,3 @@ def load_actor(
                 f"horizon={horizon}; allowed: [1, {longest}]."
             )
     return actor, cfg
-
-
-def _unflatten(flat: dict) -> dict:
-    tree: dict = {}
-    for key, value in flat.items():
-        node = tree
-        *parents, leaf = key.split(".")
-        for part in parents:
-            node = node.setdefault(part, {})
-        node[leaf] = value
-    return tree

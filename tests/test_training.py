@@ -231,7 +231,7 @@ def test_bad_config_type(override, match):
 
 def test_every_config_key_is_validated():
     """The schema covers every key of ppo.yaml and of the named configs, and nothing else."""
-    from rl3_torchrl.training import _SCHEMA, flat_config, named_configs
+    from rl3_torchrl.config import _SCHEMA, flat_config, named_configs
 
     for name in [None, *named_configs()]:
         assert set(flat_config(load_config(config=name))) == set(_SCHEMA), name
@@ -441,3 +441,40 @@ def test_a_checkpoint_written_before_the_new_keys_resumes(tmp_path):
     save_checkpoint(state, path)  # the earlier format again: a missing key matches only its default
     with pytest.raises(CheckpointError, match=r"ppo.on_nonfinite: checkpoint 'stop' vs run 'skip'"):
         Trainer(_config(tmp_path / "old", *run, "ppo.on_nonfinite=skip", "checkpoint.resume=true")).train()
+
+
+def test_a_run_writes_its_resolved_config_and_logs_frames(tmp_path):
+    from omegaconf import OmegaConf
+
+    cfg = _config(tmp_path, "iterations=2", "seed=5")
+    Trainer(cfg).train()
+    saved = OmegaConf.load(tmp_path / "config.yaml")
+    assert saved.seed == 5 and saved.logger.exp_name == "random_mdp_rl3"  # interpolations resolved
+    assert load_config([f"config={tmp_path / 'config.yaml'}"]) == OmegaConf.create(OmegaConf.to_container(cfg, resolve=True))
+    rows = (tmp_path / "logs" / "random_mdp_rl3" / "scalars" / "frames.csv").read_text().splitlines()
+    assert [r.split(",")[:2] for r in rows] == [["1", "12.0"], ["2", "24.0"]]  # 2 envs × H = 6 per iteration
+
+
+def test_help_prints_the_merged_config_with_its_comments(capsys):
+    _recipe().main(["config=paper_random_mdp", "ppo.epochs=3", "--help"])
+    out = capsys.readouterr().out
+    assert "recipes/ppo_rl3.py" in out and "named configs: paper_gridworld, paper_random_mdp" in out
+    assert "target_kl: 0.01         # the actor stops" in out  # a default line, its comment kept
+    assert "horizon: 512              # ← paper_random_mdp; H, the meta-episode length" in out
+    assert "  epochs: 3               # ← override" in out
+
+
+def test_keep_last_and_keep_best_checkpoints(tmp_path):
+    history = Trainer(_config(tmp_path, "checkpoint.every=1", "eval.every=1", "checkpoint.keep_last=2",
+                              "checkpoint.keep_best=true")).train()
+    kept = sorted(p.name for p in (tmp_path / "checkpoints").iterdir())
+    assert kept == ["iteration_000003.pt", "iteration_000004.pt"]
+    assert torch.load(tmp_path / "checkpoints" / kept[0], weights_only=False)["iteration"] == 3
+    best = torch.load(tmp_path / "checkpoint_best.pt", weights_only=False)
+    returns = [row["eval_return"] for row in history]
+    assert best["best_eval_return"] == max(returns) and best["iteration"] == returns.index(max(returns)) + 1
+    actor, _ = load_actor(tmp_path / "checkpoint_best.pt")  # a whole checkpoint: evaluate or resume from it
+    with pytest.raises(FileExistsError, match="checkpoint_best.pt, checkpoints"):
+        Trainer(_config(tmp_path, "iterations=1"))
+    Trainer(_config(tmp_path, "iterations=1", "checkpoint.overwrite=true")).train()
+    assert not (tmp_path / "checkpoints").exists() and not (tmp_path / "checkpoint_best.pt").exists()
