@@ -21,22 +21,23 @@ import csv
 from functools import partial
 from pathlib import Path
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-
-from rl3_torchrl.evaluation import (  # noqa: E402
+from rl3_torchrl.evaluation import (
     BASELINE_REGISTRY,
     BASELINES,
     baseline_policy,
     evaluate_actor,
     evaluate_baseline,
     return_vs_horizon,
+    value_map_episode,
 )
-from rl3_torchrl.plotting import plot_return_vs_horizon, plot_training_curves, plot_value_map  # noqa: E402
-from rl3_torchrl.tasks import TASKS, make_task_env, task_family  # noqa: E402
-from rl3_torchrl.training import load_actor  # noqa: E402
+from rl3_torchrl.plotting import (
+    plot_inner_episode_returns,
+    plot_return_vs_horizon,
+    plot_training_curves,
+    plot_value_map,
+)
+from rl3_torchrl.tasks import TASKS, make_task_env, task_family
+from rl3_torchrl.training import load_actor
 
 COLUMNS = ("method", "task", "horizon", "num_tasks", "return_mean", "return_stderr", "normalized_mean",
            "normalized_stderr", "oracle_mean")
@@ -132,17 +133,12 @@ def main(argv=None):
     print("\n".join(table))
 
     plot_return_vs_horizon(rows, ood_tasks=tasks[1:]).savefig(out / "return_vs_horizon.png", dpi=120)
-    fig, ax = plt.subplots(figsize=(5.5, 4))
-    for r in rows:
-        if r["task"] == args.task and r["horizon"] == max(args.horizons):
-            ax.plot(range(1, len(r["inner_episode_returns"]) + 1), r["inner_episode_returns"], label=r["method"])
-    ax.set(xlabel="inner episode", ylabel="mean return", title=f"{args.task}, H = {max(args.horizons)}")
-    ax.legend()
-    fig.savefig(out / "inner_episode_returns.png", dpi=120)
+    plot_inner_episode_returns(rows, args.task, max(args.horizons)).savefig(out / "inner_episode_returns.png", dpi=120)
     if log_dirs:
         plot_training_curves(log_dirs).savefig(out / "training_curves.png", dpi=120)
     if args.task.startswith("gridworld"):
-        plot_value_map(args.task, horizon=max(args.horizons), seed=args.seed).savefig(out / "value_map.png", dpi=120)
+        episode = value_map_episode(args.task, horizon=max(args.horizons), seed=args.seed)
+        plot_value_map(episode).savefig(out / "value_map.png", dpi=120)
     print(f"results in {out}")
     return rows
 

@@ -386,3 +386,46 @@ def return_vs_horizon(
                 if on_row is not None:
                     on_row(rows[-1])
     return rows
+
+
+def value_map_episode(task: str = "gridworld_13x13", *, policy=None, algo: str = "rl3", horizon=None,
+                      seed: int = 0) -> dict:
+    """Play one meta-episode on a held-out gridworld and record what :func:`~rl3_torchrl.plotting.plot_value_map`
+    draws: ``{"task", "tiles", "states", "values", "return", "oracle"}`` (the grid, the states visited, the online
+    Q estimator's state values after the last step, the return and the oracle's).
+
+    Args:
+        task (str): a gridworld task name.
+
+    Keyword Args:
+        policy: a TensorDict policy for an env with ``algo``'s inputs (e.g. a trained RL³ actor); default: the
+            greedy tabular policy on the estimator's own ``q_values``.
+        algo (str): ``"rl3"`` or ``"rl3_coarse"``.
+        horizon (int, optional): ``H`` (default: the task's).
+        seed (int): the test task stream's seed.
+
+    Examples:
+        >>> episode = value_map_episode("gridworld_11x11", horizon=30)
+        >>> len(episode["states"]), episode["tiles"].shape, episode["values"].shape  # a value per state
+        (30, torch.Size([11, 11]), torch.Size([121]))
+    """
+    from rl3_torchrl.transforms import OnlineQEstimator
+
+    if not task.startswith("gridworld"):
+        raise ValueError(f"value_map_episode needs a gridworld task, got task={task!r}.")
+    env = make_meta_env(task, algo, 1, horizon=horizon, seed=seed, split="test", write_q_values=policy is None)
+    estimator = next(t for t in env.transform if isinstance(t, OnlineQEstimator))
+    act = policy or QGreedyPolicy(0.0, seed=seed)
+    seen = {"states": []}
+
+    def record(td):
+        # the env draws a new task right after the last step: keep this task's grid and latest estimates
+        if not seen["states"]:
+            seen["tiles"] = env.base_env.tiles()[0].clone()
+        seen["states"].append(int(td["state"][0]))
+        seen["values"] = estimator.value_map()[0].clone()
+        return act(td)
+
+    rewards, _, oracle = run_meta_episodes(env, lambda env: record)
+    return {**seen, "task": task, "return": float(rewards.sum()), "oracle": float(oracle[0])}
+

@@ -1,14 +1,13 @@
-"""Figures of the recipes: meta-training curves, return vs horizon, and RL³'s value estimates on a grid."""
+"""Figures of the recipes: meta-training curves, return vs horizon, inner-episode returns, and RL³'s value estimates
+on a grid. This module only draws: the data come from :mod:`rl3_torchrl.evaluation` (e.g. the episode of
+:func:`~rl3_torchrl.evaluation.value_map_episode`) or the CSV logs; it sets no matplotlib backend."""
 from __future__ import annotations
 
 import csv
 from collections.abc import Sequence
 from pathlib import Path
 
-import matplotlib
-
-matplotlib.use("Agg", force=False)
-import matplotlib.pyplot as plt  # noqa: E402
+import matplotlib.pyplot as plt
 
 
 def read_scalars(log_dir) -> dict[str, tuple[list[int], list[float]]]:
@@ -139,47 +138,38 @@ def plot_learning_curves(curves: dict, *, panel=None, ylabel: str = "held-out or
     return fig
 
 
-def plot_value_map(task: str = "gridworld_13x13", *, policy=None, algo: str = "rl3", horizon=None, seed: int = 0):
-    """Play one meta-episode on a held-out gridworld and draw the online Q estimator's values on the grid.
-
-    Args:
-        task (str): a gridworld task name.
-
-    Keyword Args:
-        policy: a TensorDict policy for an env with ``algo``'s inputs (e.g. a trained RL³ actor); default: the
-            greedy tabular policy on the estimator's own ``q_values``.
-        algo (str): ``"rl3"`` or ``"rl3_coarse"``.
-        horizon (int, optional): ``H`` (default: the task's).
-        seed (int): the test task stream's seed.
+def plot_inner_episode_returns(rows: Sequence[dict], task: str, horizon: int):
+    """The mean return of each inner episode, one line per method, from the rows of
+    :func:`~rl3_torchrl.evaluation.return_vs_horizon` for ``task`` at ``horizon``; returns the figure.
 
     Examples:
-        >>> fig = plot_value_map("gridworld_11x11", horizon=30)
+        >>> rows = [{"method": "random", "task": "bandit", "horizon": 6, "inner_episode_returns": [0.4, 0.5]}]
+        >>> fig = plot_inner_episode_returns(rows, "bandit", 6)
+        >>> [line.get_label() for line in fig.axes[0].lines]
+        ['random']
+    """
+    fig, ax = plt.subplots(figsize=(5.5, 4))
+    for r in rows:
+        if r["task"] == task and r["horizon"] == horizon:
+            ax.plot(range(1, len(r["inner_episode_returns"]) + 1), r["inner_episode_returns"], label=r["method"])
+    ax.set(xlabel="inner episode", ylabel="mean return", title=f"{task}, H = {horizon}")
+    ax.legend()
+    return fig
+
+
+def plot_value_map(episode: dict):
+    """Draw the grid of a :func:`~rl3_torchrl.evaluation.value_map_episode`: its tiles, the path taken and the online
+    Q estimator's state values at the end; returns the figure.
+
+    Examples:
+        >>> from rl3_torchrl.evaluation import value_map_episode
+        >>> fig = plot_value_map(value_map_episode("gridworld_11x11", horizon=30))
         >>> len(fig.axes) >= 1
         True
     """
-    from rl3_torchrl.evaluation import run_meta_episodes  # the evaluation module imports plotting's users
-    from rl3_torchrl.modules.tabular import QGreedyPolicy
     from rl3_torchrl.envs import plot_grid
-    from rl3_torchrl.tasks import make_meta_env
-    from rl3_torchrl.transforms import OnlineQEstimator
 
-    if not task.startswith("gridworld"):
-        raise ValueError(f"plot_value_map needs a gridworld task, got task={task!r}.")
-    env = make_meta_env(task, algo, 1, horizon=horizon, seed=seed, split="test", write_q_values=policy is None)
-    estimator = next(t for t in env.transform if isinstance(t, OnlineQEstimator))
-    act = policy or QGreedyPolicy(0.0, seed=seed)
-    seen = {"states": []}
-
-    def record(td):
-        # the env draws a new task right after the last step: keep this task's grid and latest estimates
-        if not seen["states"]:
-            seen["tiles"] = env.base_env.tiles()[0].clone()
-        seen["states"].append(int(td["state"][0]))
-        seen["values"] = estimator.value_map()[0].clone()
-        return act(td)
-
-    rewards, _, oracle = run_meta_episodes(env, lambda env: record)
     fig, ax = plt.subplots(figsize=(5, 5))
-    plot_grid(seen["tiles"], trajectory=seen["states"], values=seen["values"], ax=ax,
-              title=f"{task}: return {float(rewards.sum()):.0f} (oracle {float(oracle[0]):.0f}); V estimates")
+    plot_grid(episode["tiles"], trajectory=episode["states"], values=episode["values"], ax=ax,
+              title=f"{episode['task']}: return {episode['return']:.0f} (oracle {episode['oracle']:.0f}); V estimates")
     return fig

@@ -17,7 +17,40 @@ from rl3_torchrl._validation import check_choice
 from rl3_torchrl.envs import GridworldEnv, RandomMDPEnv
 from rl3_torchrl.transforms import MetaRLInputs, OnlineQEstimator
 
-ALGOS = ("rl2", "rl3", "rl3_coarse")
+
+
+@dataclass(frozen=True)
+class Algorithm:
+    """One meta-RL algorithm: what its env pipeline adds to the task and what its actor-critic reads.
+
+    Adding an algorithm is one entry of :data:`ALGORITHMS`; the configuration's ``algo`` key, :func:`make_meta_env`,
+    the trainer and ``load_actor`` all read it from there.
+
+    Attributes:
+        model_inputs (str): the input layout of :func:`~rl3_torchrl.modules.make_actor_critic` (its ``algo``
+            argument): ``"rl2"`` (observation, previous action, reward, done) or ``"rl3"`` (those and the Q
+            features).
+        q_estimator (bool): the pipeline adds the :class:`~rl3_torchrl.transforms.OnlineQEstimator`.
+        coarse (bool): the estimator runs on the coarse state abstraction (gridworlds only).
+
+    Examples:
+        >>> ALGORITHMS["rl3_coarse"]
+        Algorithm(model_inputs='rl3', q_estimator=True, coarse=True)
+    """
+
+    model_inputs: str
+    q_estimator: bool = False
+    coarse: bool = False
+
+
+#: Every algorithm by name (the ``algo`` of the configuration).
+ALGORITHMS: dict[str, Algorithm] = {
+    "rl2": Algorithm("rl2"),
+    "rl3": Algorithm("rl3", q_estimator=True),
+    "rl3_coarse": Algorithm("rl3", q_estimator=True, coarse=True),
+}
+#: The names of :data:`ALGORITHMS`.
+ALGOS = tuple(ALGORITHMS)
 
 
 @dataclass(frozen=True)
@@ -52,6 +85,7 @@ def _registry() -> dict[str, TaskSpec]:
     return tasks
 
 
+#: Every task by name: the random-MDP and bandit presets by hand, every gridworld preset of ``GridworldEnv.PRESETS``.
 TASKS: dict[str, TaskSpec] = _registry()
 
 
@@ -92,7 +126,7 @@ def make_meta_env(
 
     Args:
         task (str): a name of :data:`TASKS`.
-        algo (str): ``"rl2"``, ``"rl3"`` or ``"rl3_coarse"``.
+        algo (str): a name of :data:`ALGORITHMS`.
         num_envs (int): the number of tasks held at once.
 
     Keyword Args:
@@ -107,17 +141,18 @@ def make_meta_env(
         >>> td["q_features"].shape, td["prev_action"].shape, bool(td["is_init"].all())
         (torch.Size([4, 11]), torch.Size([4, 5]), True)
     """
-    check_choice("algo", algo, ALGOS)
+    algorithm = ALGORITHMS[check_choice("algo", algo, ALGORITHMS)]
     spec = TASKS[check_choice("task", task, TASKS)]
     transforms = [MetaRLInputs()]
-    if algo == "rl2":
+    if not algorithm.q_estimator:
         if write_q_values or q_overrides:
-            raise ValueError("write_q_values and q_overrides need algo='rl3' or 'rl3_coarse', got algo='rl2'.")
+            allowed = " or ".join(repr(name) for name, a in ALGORITHMS.items() if a.q_estimator)
+            raise ValueError(f"write_q_values and q_overrides need algo={allowed}, got algo={algo!r}.")
     else:
         q_preset = spec.q_preset
-        if algo == "rl3_coarse":
+        if algorithm.coarse:
             if q_preset != "gridworld":
-                raise ValueError(f"algo='rl3_coarse' needs a gridworld task (a state abstraction), got task={task!r}.")
+                raise ValueError(f"algo={algo!r} needs a gridworld task (a state abstraction), got task={task!r}.")
             q_preset = "gridworld_coarse"
         transforms.append(
             OnlineQEstimator.from_preset(q_preset, write_q_values=write_q_values, **(q_overrides or {}))

@@ -1,6 +1,12 @@
-"""Suite-wide settings: one torch thread (tiny tensors; avoids thread contention on 2-core machines)."""
+"""Suite-wide settings: one torch thread (tiny tensors; avoids thread contention on 2-core machines); this folder on
+``sys.path`` for the helpers of ``_shared.py``."""
+import sys
+from pathlib import Path
+
 import matplotlib
 import torch
+
+sys.path.insert(0, str(Path(__file__).parent))
 
 matplotlib.use("Agg")
 torch.set_num_threads(1)

@@ -1,11 +1,10 @@
 """make_actor_critic against the key contract, and one end-to-end PPO loop with a stock Collector."""
 import pytest
 import torch
-from tensordict import TensorDict
 from torchrl.collectors import Collector
-from torchrl.data import Categorical, Composite, LazyTensorStorage, ReplayBuffer, Unbounded
+from torchrl.data import LazyTensorStorage, ReplayBuffer
 from torchrl.data.replay_buffers import SamplerWithoutReplacement
-from torchrl.envs import EnvBase, InitTracker, TransformedEnv
+from torchrl.envs import InitTracker, TransformedEnv
 from torchrl.envs.utils import ExplorationType, check_env_specs, set_exploration_type
 from torchrl.modules import set_recurrent_mode
 from torchrl.objectives import ClipPPOLoss
@@ -13,51 +12,9 @@ from torchrl.objectives.value import GAE
 
 from rl3_torchrl.modules import RL2_INPUT_KEYS, RL3_INPUT_KEYS, MetaTransformerModule, make_actor_critic
 
-S, A = 4, 3
-TINY = dict(hidden_sizes=(16,), d_model=8, num_heads=2, ffn_dim=16)
+from _shared import TINY_MODULE, A, S, ToyMetaEnv
 
-
-class ToyMetaEnv(EnvBase):
-    """Batch-locked env emitting the meta-RL key contract with random values; done at t = horizon."""
-
-    def __init__(self, num_envs=4, horizon=6, seed=0):
-        super().__init__(batch_size=torch.Size([num_envs]))
-        self.horizon = horizon
-        b = self.batch_size
-        leaves = {"observation": S, "meta_step": 1, "episode_step": 1, "prev_action": A, "prev_reward": 1,
-                  "first_step": 1, "q_features": 2 * A + 1}
-        self.observation_spec = Composite(
-            {k: Unbounded((*b, n)) for k, n in leaves.items()}, state=Categorical(S, shape=b), shape=b
-        )
-        self.action_spec = Categorical(A, shape=b)
-        self.reward_spec = Unbounded((*b, 1))
-        self.t = torch.zeros(b, dtype=torch.long)
-        self.rng = torch.Generator().manual_seed(seed)
-
-    def _set_seed(self, seed):
-        self.rng = torch.Generator().manual_seed(seed)
-
-    def _observe(self, action=None):
-        b = self.batch_size
-        state = torch.randint(S, b, generator=self.rng)
-        prev = torch.zeros(*b, A) if action is None else torch.nn.functional.one_hot(action, A).float()
-        t = self.t.unsqueeze(-1).float()
-        return TensorDict(
-            observation=torch.nn.functional.one_hot(state, S).float(), state=state, meta_step=t / self.horizon,
-            episode_step=(t % 3) / 3, prev_action=prev, prev_reward=torch.randn(*b, 1, generator=self.rng),
-            first_step=(t == 0).float(), q_features=torch.randn(*b, 2 * A + 1, generator=self.rng),
-            done=(self.t >= self.horizon).unsqueeze(-1), batch_size=b,
-        )
-
-    def _reset(self, tensordict):
-        reset = None if tensordict is None else tensordict.get("_reset", None)
-        self.t = torch.where(reset.view(-1), 0, self.t) if reset is not None else torch.zeros_like(self.t)
-        return self._observe()
-
-    def _step(self, tensordict):
-        self.t = self.t + 1
-        out = self._observe(tensordict["action"])
-        return out.set("reward", torch.randn(*self.batch_size, 1, generator=self.rng))
+TINY = TINY_MODULE
 
 
 def make_env(num_envs=4, horizon=6):
@@ -161,11 +118,9 @@ def test_stored_bytes_per_frame_do_not_depend_on_horizon():
     assert bytes_per_frame(4) == bytes_per_frame(32)
 
 
-def test_with_project_env_and_transforms_when_available():
-    envs = pytest.importorskip("rl3_torchrl.envs")
-    transforms = pytest.importorskip("rl3_torchrl.transforms")
-    if not all(hasattr(transforms, n) for n in ("MetaRLInputs", "OnlineQEstimator")):
-        pytest.skip("rl3_torchrl.transforms lacks MetaRLInputs/OnlineQEstimator")
+def test_with_project_env_and_transforms():
+    from rl3_torchrl import envs, transforms
+
     from torchrl.envs import Compose
 
     base = envs.RandomMDPEnv(num_envs=3, horizon=5)

@@ -20,22 +20,11 @@ from rl3_torchrl.collectors import MetaEnvFactory, MetaEpisodeCollector, fold_wo
 from rl3_torchrl.modules import MetaTransformerModule
 from rl3_torchrl.training import Trainer, load_config
 
+from _shared import TINY_MODEL
+
 H, WORKERS, ENVS_PER_WORKER = 6, 2, 2
-TINY = [
-    f"horizon={H}",
-    f"num_envs={WORKERS * ENVS_PER_WORKER}",
-    "iterations=2",
-    "ppo.epochs=1",
-    "ppo.minibatch_episodes=2",
-    "model.hidden_sizes=[8]",
-    "model.d_model=8",
-    "model.num_heads=2",
-    "model.num_layers=1",
-    "model.ffn_dim=8",
-    "eval.every=0",
-    "progress=false",
-    "logger.backend=''",
-]
+TINY = [*TINY_MODEL, f"horizon={H}", f"num_envs={WORKERS * ENVS_PER_WORKER}", "iterations=2", "ppo.epochs=1",
+        "ppo.minibatch_episodes=2", "eval.every=0", "progress=false", "logger.backend=''"]
 
 
 def _config(tmp_path, *extra):

@@ -16,6 +16,8 @@ from rl3_torchrl.evaluation import (
 from rl3_torchrl.modules.tabular import OraclePolicy, QGreedyPolicy, RandomPolicy
 from rl3_torchrl.tasks import make_meta_env
 
+from _shared import TINY_RUN, load_recipe
+
 
 @pytest.mark.parametrize("task, horizon", [("random_mdp", 30), ("bandit", 20), ("gridworld_11x11", 40)])
 def test_oracle_policy_attains_the_oracle_return(task, horizon):
@@ -102,26 +104,14 @@ def test_oracle_policy_needs_its_tasks_time_and_state():
     assert policy(td)["action"].shape == (2,)
 
 
-def _load_recipe(name):
-    import importlib.util
-    from pathlib import Path
-
-    path = Path(__file__).parents[1] / "recipes" / f"{name}.py"
-    spec = importlib.util.spec_from_file_location(name, path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_evaluate_recipe_writes_tables_and_figures(tmp_path):
     from rl3_torchrl.training import Trainer, load_config
 
-    tiny = ["model.hidden_sizes=[8]", "model.d_model=8", "model.num_heads=2", "model.num_layers=1", "model.ffn_dim=8",
-            "num_envs=2", "ppo.minibatch_episodes=1", "ppo.epochs=1", "iterations=1", "eval.every=0", "progress=false"]
+    tiny = [*TINY_RUN, "ppo.epochs=1", "iterations=1", "eval.every=0"]
     for H in (6, 8):
         Trainer(load_config([*tiny, f"horizon={H}", f"output_dir={tmp_path / f'rl3_H{H}'}"])).train()
     out = tmp_path / "eval"
-    rows = _load_recipe("evaluate").main([
+    rows = load_recipe("evaluate").main([
         "--task", "random_mdp", "--horizons", "6", "8", "--num-tasks", "4", "--methods", "random", "oracle",
         "--checkpoints", f"rl3={tmp_path}/rl3_H{{H}}/checkpoint.pt", "--out", str(out),
     ])
@@ -133,11 +123,11 @@ def test_evaluate_recipe_writes_tables_and_figures(tmp_path):
     for figure in ("return_vs_horizon.png", "inner_episode_returns.png", "training_curves.png"):
         assert (out / figure).stat().st_size > 0, figure
     with pytest.raises(ValueError, match="cannot act on task='bandit'"):
-        _load_recipe("evaluate").main(["--task", "bandit", "--checkpoints", f"x={tmp_path}/rl3_H6/checkpoint.pt"])
+        load_recipe("evaluate").main(["--task", "bandit", "--checkpoints", f"x={tmp_path}/rl3_H6/checkpoint.pt"])
     # an H above the trained one is refused before any work, naming the checkpoint, its H and the requested H
     match = r"rl3_H6/checkpoint.pt' was trained at H=6: its actor cannot act at horizon=8; allowed: \[1, 6\]"
     with pytest.raises(ValueError, match=match):
-        _load_recipe("evaluate").main(["--horizons", "6", "8", "--checkpoints", f"x={tmp_path}/rl3_H6/checkpoint.pt",
+        load_recipe("evaluate").main(["--horizons", "6", "8", "--checkpoints", f"x={tmp_path}/rl3_H6/checkpoint.pt",
                                        "--methods", "random", "--out", str(tmp_path / "refused")])
     assert not (tmp_path / "refused").exists()
 
@@ -149,13 +139,13 @@ def test_evaluate_recipe_writes_tables_and_figures(tmp_path):
 ])
 def test_evaluate_recipe_checks_every_argument_before_any_work(tmp_path, capsys, argv, match):
     with pytest.raises((SystemExit, ValueError)) as error:
-        _load_recipe("evaluate").main([*argv, "--out", str(tmp_path / "out")])
+        load_recipe("evaluate").main([*argv, "--out", str(tmp_path / "out")])
     assert match in (str(error.value) + capsys.readouterr().err)
     assert not (tmp_path / "out").exists()
 
 
 def test_evaluate_recipe_keeps_the_rows_finished_before_a_late_failure(tmp_path):
-    recipe = _load_recipe("evaluate")
+    recipe = load_recipe("evaluate")
     calls = []
 
     def fail_on_the_third_row(name, **kwargs):
@@ -175,7 +165,7 @@ def test_evaluate_recipe_keeps_the_rows_finished_before_a_late_failure(tmp_path)
 
 
 def test_evaluate_recipe_draws_value_maps_on_gridworlds(tmp_path):
-    _load_recipe("evaluate").main([
+    load_recipe("evaluate").main([
         "--task", "gridworld_11x11", "--in-distribution-only", "--horizons", "20", "--num-tasks", "2",
         "--methods", "greedy_q", "--out", str(tmp_path),
     ])

@@ -20,22 +20,9 @@ from rl3_torchrl.envs import GridworldEnv, MetaTaskEnv, RandomMDPEnv
 from rl3_torchrl.tasks import make_meta_env
 from rl3_torchrl.training import NonFiniteError, Trainer, load_config
 
-TINY = [
-    "horizon=6",
-    "num_envs=2",
-    "iterations=6",
-    "ppo.epochs=2",
-    "ppo.minibatch_episodes=1",
-    "model.hidden_sizes=[8]",
-    "model.d_model=8",
-    "model.num_heads=2",
-    "model.num_layers=1",
-    "model.ffn_dim=8",
-    "eval.every=3",
-    "eval.num_tasks=2",
-    "checkpoint.every=2",
-    "progress=false",
-]
+from _shared import TINY_RUN
+
+TINY = [*TINY_RUN, "iterations=6", "eval.every=3", "eval.num_tasks=2", "checkpoint.every=2"]
 # Wall-clock columns differ between any two runs; every other logged value must be equal.
 TIMING = ("frames_per_s", "time_collection", "time_q_estimation", "time_update")
 PHASES = ("save", "log", "eval", "update")

@@ -1,7 +1,6 @@
 """Tests of the procedurally generated gridworlds: env contract, generator, dynamics, oracle and rendering."""
 from __future__ import annotations
 
-import doctest
 
 import matplotlib
 import numpy as np
@@ -12,7 +11,6 @@ from torchrl.envs import InitTracker, TransformedEnv
 from torchrl.envs.utils import check_env_specs
 
 from rl3_torchrl.envs import GridGenerator, GridworldEnv, grid_values, oracle_return, plot_grid, render_text
-from rl3_torchrl.envs import gridworld, gridworld_generator, rendering
 from rl3_torchrl.envs.gridworld_generator import (
     DANGER,
     EMPTY,
@@ -497,12 +495,6 @@ def test_plot_grid_with_trajectory_and_values():
     plt.close("all")
     with pytest.raises(ValueError, match="square"):
         render_text(torch.zeros(10, dtype=torch.long))
-
-
-@pytest.mark.parametrize("module", [gridworld, gridworld_generator, rendering])
-def test_doctests(module):
-    result = doctest.testmod(module, optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE)
-    assert result.failed == 0 and result.attempted > 0
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")

@@ -3,11 +3,13 @@ from __future__ import annotations
 
 import pytest
 import torch
-from torchrl.data import Bounded, OneHot
+from torchrl.data import Bounded
 from torchrl.envs import Compose, InitTracker, SerialEnv, TransformedEnv, check_env_specs
 
 from rl3_torchrl.envs import RandomMDPEnv
 from rl3_torchrl.transforms import MetaRLInputs
+
+from _shared import OneHotMDP
 
 
 def make_env(num_envs=3, horizon=6, **kwargs):
@@ -41,17 +43,6 @@ def test_partial_reset_touches_only_masked_rows():
     assert out["first_step"].flatten().tolist() == [1.0, 0.0, 1.0]
     assert out["prev_action"].argmax(-1).tolist()[1] == 2 and out["prev_action"][[0, 2]].abs().sum() == 0
     assert out["prev_reward"][1] == td["prev_reward"][1] and bool((out["prev_reward"][[0, 2]] == 0).all())
-
-
-class OneHotMDP(RandomMDPEnv):
-    """The random MDP with one-hot actions."""
-
-    def _make_specs(self):
-        super()._make_specs()
-        self.action_spec = OneHot(self.n_actions, shape=(*self.batch_size, self.n_actions), dtype=torch.long)
-
-    def _step(self, tensordict):
-        return super()._step(tensordict.clone(False).set("action", tensordict["action"].argmax(-1)))
 
 
 def test_one_hot_action_spec_and_specs():

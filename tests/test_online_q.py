@@ -1,8 +1,6 @@
 """Tests of OnlineQEstimator, its count models, value iteration and the coarse state abstraction."""
 from __future__ import annotations
 
-import doctest
-import importlib
 
 import numpy as np
 import pytest
@@ -28,14 +26,6 @@ from rl3_torchrl.transforms import (
 )
 
 OURS = dict(reward_model="pair", restart_features="fresh")  # this project's conventions before the paper's rules
-MODULES = ["abstraction", "count_model", "meta_inputs", "online_q", "value_iteration"]
-
-
-@pytest.mark.parametrize("name", MODULES)
-def test_docstring_examples(name):
-    module = importlib.import_module(f"rl3_torchrl.transforms.{name}")
-    result = doctest.testmod(module, optionflags=doctest.ELLIPSIS)
-    assert result.attempted > 0 and result.failed == 0
 
 
 # ---------------------------------------------------------------------------------------------- numpy reference

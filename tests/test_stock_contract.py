@@ -17,9 +17,11 @@ from rl3_torchrl.envs import RandomMDPEnv
 from rl3_torchrl.modules import make_actor_critic
 from rl3_torchrl.transforms import MetaRLInputs, OnlineQEstimator
 
+from _shared import TINY_MODULE
+
 B, H = 4, 6
 GAMMA, LMBDA = 0.99, 0.95
-TINY = dict(hidden_sizes=(16,), d_model=8, num_heads=2, ffn_dim=16)
+TINY = TINY_MODULE
 
 
 def make_env():

@@ -37,7 +37,6 @@ TILE_CHARS = ".S#W!XG"
 N_TILES = len(TILE_NAMES)
 # The reward for entering a tile of each code (obstacles are never entered).
 ENTRY_REWARDS = (-1.0, -1.0, 0.0, -2.0, -10.0, -100.0, 100.0)
-TERMINAL_TILES = (DANGER, GOAL)
 
 # The parameters that define a grid distribution (GridGenerator's arguments, besides the rejection budget).
 GENERATOR_PARAMETERS = (
