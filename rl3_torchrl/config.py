@@ -19,6 +19,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from rl3_torchrl._validation import check_choice, check_float, check_int
 from rl3_torchrl.collectors import BACKENDS
+from rl3_torchrl.modules import POSITIONS
 from rl3_torchrl.tasks import ALGOS, TASKS
 
 __all__ = [
@@ -155,6 +156,7 @@ _SCHEMA = {
     "model.num_heads": _integer(low=1),
     "model.ffn_dim": _integer(low=1),
     "model.dropout": _real(low=0.0, high=0.99),
+    "model.positions": _one_of(POSITIONS),
     "ppo.epochs": _integer(low=1),
     "ppo.minibatch_episodes": _integer(low=1),
     "ppo.clip_epsilon": _real(low=0.0, low_inclusive=False),

@@ -74,7 +74,7 @@ from rl3_torchrl.checkpoint import (
 from rl3_torchrl.collectors import MetaEnvFactory, fold_workers, make_collector, worker_seed
 from rl3_torchrl.modules import make_actor_critic
 from rl3_torchrl.modules.transformer import MetaCausalTransformer, MetaTransformerModule
-from rl3_torchrl.tasks import TASKS, make_meta_env, task_family
+from rl3_torchrl.tasks import ALGORITHMS, TASKS, make_meta_env, task_family
 
 CHECKPOINT_NAME = "checkpoint.pt"
 #: The best checkpoint by held-out return, with ``checkpoint.keep_best=true``.
@@ -139,7 +139,7 @@ class Trainer:
         self.horizon = self.env.base_env.horizon
         model = OmegaConf.to_container(cfg.model, resolve=True)
         self.actor, self.critic = make_actor_critic(
-            self.env, "rl2" if cfg.algo == "rl2" else "rl3", device=self.device, **model
+            self.env, ALGORITHMS[cfg.algo].model_inputs, device=self.device, **model
         )
         if cfg.compile.enabled:
             for module in (*self.actor.modules(), *self.critic.modules()):
@@ -517,6 +517,9 @@ class Trainer:
         ``checkpoint.every`` iterations and, with ``checkpoint.keep_best``, ``checkpoint_best.pt`` whenever the
         held-out return improves (see :meth:`run`'s example).
         """
+        if self._collector is None:
+            raise RuntimeError("end_iteration(data, stats) ends an iteration of `with trainer.run() as batches:`; "
+                               "call it inside that loop, after the update of each batch.")
         if self.cfg.collector.backend == "single":
             self._collector.update_policy_weights_()
         else:
@@ -718,8 +721,9 @@ def load_actor(
     Keyword Args:
         task (str, optional): the task it will be evaluated on; it must belong to the task family the actor was
             trained on (its in-distribution task or an OOD shift of it), otherwise a ``ValueError`` names both.
-        horizon (int, optional): the ``H`` it will be evaluated at; its learned positions must cover it (``H`` at
-            most the trained one, unless ``model.max_len`` was larger), otherwise a ``ValueError`` names both.
+        horizon (int, optional): the ``H`` it will be evaluated at. With ``model.positions=learned`` its learned
+            positions must cover it (``H`` at most the trained one), otherwise a ``ValueError`` names both; with
+            ``model.positions=none`` the actor is built for any ``H``.
         device: where to build the actor.
 
     Examples:
@@ -745,7 +749,9 @@ def load_actor(
         )
     env = make_meta_env(cfg.env, cfg.algo, 1, horizon=cfg.horizon, device=device)
     model = OmegaConf.to_container(cfg.model, resolve=True)
-    actor, _ = make_actor_critic(env, "rl2" if cfg.algo == "rl2" else "rl3", device=device, **model)
+    if model.get("positions") == "none" and horizon is not None:  # no learned positions: any H fits
+        model["max_len"] = max(env.horizon, check_int("horizon", horizon, low=1)) + 1
+    actor, _ = make_actor_critic(env, ALGORITHMS[cfg.algo].model_inputs, device=device, **model)
     actor.load_state_dict(state["actor"])
     if horizon is not None:
         longest = min(m.max_len for m in actor.modules() if isinstance(m, MetaCausalTransformer)) - 1

@@ -1,5 +1,4 @@
 """The PPO recipe end to end: every algo × env, logs/plots/checkpoints, kill-and-resume, bad input."""
-import importlib.util
 from pathlib import Path
 
 import pytest
@@ -8,31 +7,13 @@ import torch
 from rl3_torchrl.checkpoint import CheckpointError, save_checkpoint
 from rl3_torchrl.training import Trainer, load_actor, load_config
 
-TINY = [
-    "horizon=6",
-    "num_envs=2",
-    "iterations=2",
-    "ppo.epochs=2",
-    "ppo.minibatch_episodes=1",
-    "model.hidden_sizes=[8]",
-    "model.d_model=8",
-    "model.num_heads=2",
-    "model.num_layers=1",
-    "model.ffn_dim=8",
-    "eval.every=2",
-    "eval.num_tasks=2",
-    "checkpoint.every=1",
-    "progress=false",
-]
+from _shared import TINY_RUN, load_recipe
 
-RECIPE = Path(__file__).parents[1] / "recipes" / "ppo_rl3.py"
+TINY = [*TINY_RUN, "iterations=2", "eval.every=2", "eval.num_tasks=2", "checkpoint.every=1"]
 
 
 def _recipe():
-    spec = importlib.util.spec_from_file_location("ppo_rl3", RECIPE)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_recipe("ppo_rl3")
 
 
 @pytest.mark.parametrize(
@@ -478,3 +459,15 @@ def test_keep_last_and_keep_best_checkpoints(tmp_path):
         Trainer(_config(tmp_path, "iterations=1"))
     Trainer(_config(tmp_path, "iterations=1", "checkpoint.overwrite=true")).train()
     assert not (tmp_path / "checkpoints").exists() and not (tmp_path / "checkpoint_best.pt").exists()
+
+
+def test_an_actor_without_learned_positions_acts_past_its_trained_horizon(tmp_path):
+    from rl3_torchrl.evaluation import evaluate_actor
+
+    Trainer(_config(tmp_path, "iterations=1", "model.positions=none")).train()
+    actor, cfg = load_actor(tmp_path / "checkpoint.pt", horizon=12)  # trained at H = 6
+    assert cfg.model.positions == "none"
+    result = evaluate_actor(actor, "random_mdp", "rl3", horizon=12, num_tasks=2)
+    assert torch.isfinite(torch.tensor(result["return_mean"]))
+    with pytest.raises(ValueError, match=r"model.positions='rotary' is not allowed; choose one of \['learned', 'none'\]"):
+        load_config(["model.positions=rotary"])

@@ -294,3 +294,19 @@ def test_old_names_warn_and_do_not_clash_with_torchrl():
         exec("from torchrl.modules import *\nfrom rl3_torchrl import *", namespace)
     assert namespace["MetaTransformerModule"] is MetaTransformerModule
     assert "TransformerModule" not in namespace  # torchrl 0.14 has none; from 0.15 on it is torchrl's
+
+
+def test_no_positions_step_path_equals_window_path_and_any_length_fits():
+    torch.manual_seed(0)
+    net = MetaCausalTransformer(5, max_len=4, hidden_sizes=(8,), d_model=8, num_heads=2, ffn_dim=8, positions="none")
+    assert net.pos_embedding is None
+    x = torch.randn(2, 3, 5)
+    cache = net.make_cache(x[:, 0])
+    steps = [net.step(x[:, t], torch.zeros(2, 1, dtype=torch.bool), cache) for t in range(3)]
+    assert torch.allclose(torch.stack(steps, 1), net(x), atol=1e-5)
+    longer = MetaCausalTransformer(5, max_len=9, hidden_sizes=(8,), d_model=8, num_heads=2, ffn_dim=8,
+                                   positions="none")
+    longer.load_state_dict(net.state_dict())  # the same weights serve a longer context
+    assert torch.allclose(longer(x), net(x), atol=1e-6)
+    with pytest.raises(ValueError, match=r"positions='rotary' is not allowed; choose one of \['learned', 'none'\]"):
+        MetaCausalTransformer(5, max_len=4, positions="rotary")

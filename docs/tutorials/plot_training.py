@@ -3,8 +3,11 @@ Training RL³ vs RL²
 ===================
 
 The recipe ``recipes/ppo_rl3.py`` meta-trains a Transformer actor-critic with PPO from stock TorchRL parts (a
-``Collector``, ``GAE``, ``ClipPPOLoss``); :class:`~rl3_torchrl.training.Trainer` is its engine and reads an
-OmegaConf configuration. This tutorial runs two *tiny* trainings on 5-armed Bernoulli bandits, RL² and RL³ on the
+``Collector``, ``GAE``, ``ClipPPOLoss``): the recipe writes the loop out (advantages, the PPO epochs with the
+actor-only KL stop, then :meth:`~rl3_torchrl.training.Trainer.end_iteration`), and
+:class:`~rl3_torchrl.training.Trainer` builds the parts from an OmegaConf configuration and keeps the run (lock,
+exact resume, logs, evaluation, checkpoints). :meth:`~rl3_torchrl.training.Trainer.train` runs the same loop in one
+call, as here. This tutorial runs two *tiny* trainings on 5-armed Bernoulli bandits, RL² and RL³ on the
 same budget, and evaluates both on held-out tasks. It takes about a minute on a laptop CPU; the paper-scale
 configurations are on :doc:`/reproducing`.
 """

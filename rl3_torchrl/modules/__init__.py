@@ -12,13 +12,14 @@ from .bayesian import (
 )
 from .actor_critic import INPUT_KEYS, RL2_INPUT_KEYS, RL3_INPUT_KEYS, make_actor_critic
 from .tabular import OraclePolicy, QGreedyPolicy, RandomPolicy
-from .transformer import MetaCausalTransformer, MetaTransformerModule, _old_name_getattr
+from .transformer import POSITIONS, MetaCausalTransformer, MetaTransformerModule, _old_name_getattr
 
 __getattr__ = _old_name_getattr(__name__)
 
 __all__ = [
     "MetaCausalTransformer",
     "MetaTransformerModule",
+    "POSITIONS",
     "make_actor_critic",
     "RL2_INPUT_KEYS",
     "RL3_INPUT_KEYS",

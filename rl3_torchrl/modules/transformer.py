@@ -25,8 +25,10 @@ from tensordict.nn import TensorDictModuleBase
 from torch import nn
 from torchrl.modules import recurrent_mode
 
-__all__ = ["MetaCausalTransformer", "MetaTransformerModule"]
+__all__ = ["MetaCausalTransformer", "MetaTransformerModule", "POSITIONS"]
 
+#: The choices of :class:`MetaCausalTransformer`'s ``positions``.
+POSITIONS = ("learned", "none")
 _MAX_LEN_HINT = "max_len must be >= H + 1, where H is the meta-episode length (env.horizon)"
 _SHIFTED_HINT = (
     "build the value estimator with shifted=True, which calls the critic once on each row plus its last next step: "
@@ -178,6 +180,10 @@ class MetaCausalTransformer(nn.Module):
         num_heads (int): attention heads. Default 4.
         ffn_dim (int): feed-forward width. Default 256.
         dropout (float): dropout in attention and feed-forward. Default 0.
+        positions (str): ``"learned"`` (default, the paper's: a learned embedding per position, so the model cannot
+            act past ``max_len - 1`` steps it was trained on) or ``"none"`` (no positional embedding: order comes
+            from the causal mask and the ``t / H`` input; such a model can be rebuilt with a larger ``max_len`` and
+            act at a longer ``H`` than it was trained at). One of :data:`POSITIONS`.
         device, dtype: where and how to create the parameters.
 
     Examples:
@@ -203,10 +209,13 @@ class MetaCausalTransformer(nn.Module):
         num_heads: int = 4,
         ffn_dim: int = 256,
         dropout: float = 0.0,
+        positions: str = "learned",
         device=None,
         dtype=None,
     ):
         super().__init__()
+        if positions not in POSITIONS:
+            raise ValueError(f"positions={positions!r} is not allowed; choose one of {list(POSITIONS)}.")
         for name, value in (
             ("in_features", in_features),
             ("max_len", max_len),
@@ -234,7 +243,8 @@ class MetaCausalTransformer(nn.Module):
             mlp.append(nn.Linear(w_in, w_out, **factory))
         mlp.append(nn.LayerNorm(d_model, **factory))
         self.embed = nn.Sequential(*mlp)
-        self.pos_embedding = nn.Embedding(max_len, d_model, **factory)
+        self.positions = positions
+        self.pos_embedding = nn.Embedding(max_len, d_model, **factory) if positions == "learned" else None
         self.layers = nn.ModuleList(
             _DecoderLayer(d_model, num_heads, ffn_dim, dropout, **factory) for _ in range(num_layers)
         )
@@ -301,9 +311,14 @@ class MetaCausalTransformer(nn.Module):
             f"context position {position} is out of range for max_len={self.max_len}; {_MAX_LEN_HINT}."
         )
 
+    def _embed(self, x: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        """The input tokens embedded, plus their learned positions (``positions="learned"``)."""
+        h = self.embed(x)
+        return h if self.pos_embedding is None else h + self.pos_embedding(positions)
+
     def _encode(self, x, positions, attn_mask=None, is_causal=False, kv_out=None):
         """Window encoding of ``x [N, L, F]``; optionally writes each layer's (k, v) into ``kv_out``."""
-        h = self.embed(x) + self.pos_embedding(positions)
+        h = self._embed(x, positions)
         for i, layer in enumerate(self.layers):
             q, k, v = layer.attn.qkv_heads(h)
             if kv_out is not None:
@@ -387,7 +402,7 @@ class MetaCausalTransformer(nn.Module):
         cache.tokens[rows, pos] = x
         cache.bound += 1
         span = cache.bound
-        h = (self.embed(x) + self.pos_embedding(pos)).unsqueeze(1)
+        h = self._embed(x, pos).unsqueeze(1)
         mask = (torch.arange(span, device=x.device) <= pos.unsqueeze(1)).view(-1, 1, 1, span)
         for i, layer in enumerate(self.layers):
             q, k, v = layer.attn.qkv_heads(h)
