@@ -34,7 +34,7 @@ def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("study", help=f"a named study ({', '.join(named_studies())}) or the path of a study YAML file")
     parser.add_argument("--stage", nargs="+", choices=STAGES, default=list(STAGES))
-    parser.add_argument("--workers", type=int, default=1, help="cells trained at once (one process each)")
+    parser.add_argument("--workers", type=int, default=1, help="cells trained or evaluated at once (one process each)")
     parser.add_argument("--algos", nargs="+", default=None, help="train only these algorithms' cells")
     parser.add_argument("--num-tasks", type=int, default=None, help="held-out tasks (default: the study's)")
     parser.add_argument("--device", default="cpu", help="device of the evaluation")
@@ -56,7 +56,7 @@ def main(argv=None):
     if "train" in args.stage:
         train_study(study, root, workers=args.workers, algos=args.algos)
     if "evaluate" in args.stage:
-        evaluate_study(study, root, num_tasks=args.num_tasks, device=args.device)
+        evaluate_study(study, root, num_tasks=args.num_tasks, device=args.device, workers=args.workers)
     if "report" in args.stage:
         print(report_study(study, root))
     write_manifest(study, root, command="python recipes/study.py " + " ".join(argv if argv is not None else sys.argv[1:]),

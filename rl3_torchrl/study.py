@@ -226,9 +226,10 @@ def train_cell(cell: Cell, threads: int = 1) -> dict:
     return record
 
 
-def _exit_with_parent(parent: int) -> None:
-    """Pool initializer: end this worker once the study process is gone (killed), instead of training on as an
-    orphan beside the study that resumes the same cell; the cell keeps its last checkpoint."""
+def _worker_init(parent: int) -> None:
+    """Pool initializer: one torch thread, and end this worker once the study process is gone (killed), instead of
+    working on as an orphan beside the study that resumes the same cell; a cell keeps its last checkpoint."""
+    torch.set_num_threads(1)
 
     def watch():
         while os.getppid() == parent:
@@ -238,6 +239,14 @@ def _exit_with_parent(parent: int) -> None:
     threading.Thread(target=watch, daemon=True).start()
 
 
+def _process_pool(workers: int) -> ProcessPoolExecutor:
+    """``workers`` spawned processes with one torch thread each, which end with this one (:func:`_worker_init`)."""
+    workers = check_int("workers", workers, low=1)
+    return ProcessPoolExecutor(
+        workers, mp_context=get_context("spawn"), initializer=_worker_init, initargs=(os.getpid(),)
+    )
+
+
 def train_study(study: DictConfig, root, *, workers: int = 1, algos: Sequence[str] | None = None) -> list[Cell]:
     """Train every unfinished cell, ``workers`` at a time (separate processes, one torch thread each).
 
@@ -245,14 +254,11 @@ def train_study(study: DictConfig, root, *, workers: int = 1, algos: Sequence[st
     (H, seed, algorithm), so that a study stopped part-way has whole seeds of every algorithm at the smaller H.
     Returns the cells trained.
     """
-    workers = check_int("workers", workers, low=1)
     pending = [c for c in study_cells(study, root, algos=algos) if c.status() != "done"]
     pending.sort(key=lambda c: (c.horizon, c.seed, list(study.algos).index(c.algo)))
     if not pending:
         return []
-    with ProcessPoolExecutor(
-        workers, mp_context=get_context("spawn"), initializer=_exit_with_parent, initargs=(os.getpid(),)
-    ) as pool, tqdm(
+    with _process_pool(workers) as pool, tqdm(
         total=len(pending), desc=f"{study.name}: training cells"
     ) as bar:
         futures = {pool.submit(train_cell, cell): cell for cell in pending}
@@ -289,15 +295,28 @@ def _append_row(path: Path, columns: Sequence[str], row: dict) -> None:
         writer.writerow(row)
 
 
-def evaluate_study(study: DictConfig, root, *, num_tasks: int | None = None, device="cpu") -> None:
-    """Evaluate every finished cell and the baselines on the same held-out tasks; append to the CSVs.
+def _cell_row(cell: Cell, task: str, common: dict) -> dict:
+    from rl3_torchrl.evaluation import evaluate_actor
+    from rl3_torchrl.training import load_actor
+
+    actor, _ = load_actor(cell.output_dir / CHECKPOINT_NAME, task=task, device=common["device"])
+    result = evaluate_actor(actor, task, cell.algo, horizon=cell.horizon, **common)
+    return dict(result, algo=cell.algo, seed=cell.seed, task=task, frames=cell.frames())
+
+
+def _baseline_row(method: str, horizon: int, task: str, common: dict) -> dict:
+    from rl3_torchrl.evaluation import evaluate_baseline
+
+    return dict(evaluate_baseline(method, task, horizon=horizon, **common), method=method, task=task)
+
+
+def evaluate_study(study: DictConfig, root, *, num_tasks: int | None = None, device="cpu", workers: int = 1) -> None:
+    """Evaluate every finished cell and the baselines on the same held-out tasks, ``workers`` runs at a time;
+    append each row to its CSV as it finishes.
 
     ``cells.csv`` has one row per (cell, task of the family), ``baselines.csv`` one per (method, H, task).
     Rows already written are not recomputed, so an interrupted evaluation continues where it stopped.
     """
-    from rl3_torchrl.evaluation import evaluate_actor, evaluate_baseline
-    from rl3_torchrl.training import load_actor
-
     root = Path(root)
     num_tasks = check_int("num_tasks", num_tasks or study.evaluation.num_tasks, low=1)
     common = dict(num_tasks=num_tasks, seed=EVAL_SEED, device=device)
@@ -305,17 +324,17 @@ def evaluate_study(study: DictConfig, root, *, num_tasks: int | None = None, dev
     cells_csv, baselines_csv = root / "cells.csv", root / "baselines.csv"
     done = {(r["algo"], r["horizon"], r["seed"], r["task"]) for r in _read_rows(cells_csv) if r["num_tasks"] == num_tasks}
     finished = [c for c in study_cells(study, root) if c.status() == "done"]
-    jobs = [(c, t) for c in finished for t in tasks if (c.algo, c.horizon, c.seed, t) not in done]
-    for cell, task in tqdm(jobs, desc=f"{study.name}: evaluating cells"):
-        actor, _ = load_actor(cell.output_dir / CHECKPOINT_NAME, task=task, device=device)
-        result = evaluate_actor(actor, task, cell.algo, horizon=cell.horizon, **common)
-        row = dict(result, algo=cell.algo, seed=cell.seed, task=task, frames=cell.frames())
-        _append_row(cells_csv, CELL_COLUMNS, row)
+    jobs = [(cells_csv, CELL_COLUMNS, _cell_row, (c, t, common))
+            for c in finished for t in tasks if (c.algo, c.horizon, c.seed, t) not in done]
     done = {(r["method"], r["horizon"], r["task"]) for r in _read_rows(baselines_csv) if r["num_tasks"] == num_tasks}
-    jobs = [(m, int(h), t) for m in study.evaluation.baselines for h in study.horizons for t in tasks]
-    for method, horizon, task in tqdm([j for j in jobs if j not in done], desc=f"{study.name}: baselines"):
-        result = evaluate_baseline(method, task, horizon=horizon, **common)
-        _append_row(baselines_csv, BASELINE_COLUMNS, dict(result, method=method, task=task))
+    jobs += [(baselines_csv, BASELINE_COLUMNS, _baseline_row, (m, int(h), t, common))
+             for m in study.evaluation.baselines for h in study.horizons for t in tasks if (m, int(h), t) not in done]
+    if not jobs:
+        return
+    with _process_pool(workers) as pool:
+        futures = {pool.submit(fn, *args): (path, columns) for path, columns, fn, args in jobs}
+        for future in tqdm(as_completed(futures), total=len(futures), desc=f"{study.name}: evaluating"):
+            _append_row(*futures[future], future.result())
 
 
 def _seed_stats(values: Sequence[float]) -> tuple[float, float]:

@@ -94,7 +94,7 @@ def test_study_trains_resumes_evaluates_and_reports(tmp_path):
         assert [int(r.split(",")[0]) for r in log.read_text().splitlines()] == [1, 2, 3]
         assert "resume" in (cell.output_dir / "train.log").read_text()
 
-    evaluate_study(longer, tmp_path)
+    evaluate_study(longer, tmp_path, workers=2)
     cells_rows, base_rows = _rows(tmp_path / "cells.csv"), _rows(tmp_path / "baselines.csv")
     assert len(cells_rows) == 4 * 2 and len(base_rows) == 2 * 2  # in-dist and OOD
     evaluate_study(longer, tmp_path)  # nothing is recomputed
