@@ -27,7 +27,7 @@ class Algorithm:
     the trainer and ``load_actor`` all read it from there.
 
     Attributes:
-        model_inputs (str): the input layout of :func:`~rl3_torchrl.modules.make_actor_critic` (its ``algo``
+        model_inputs (str): the input layout of :func:`~rl3_torchrl.modules.make_actor_critic` (its ``inputs``
             argument): ``"rl2"`` (observation, previous action, reward, done) or ``"rl3"`` (those and the Q
             features).
         q_estimator (bool): the pipeline adds the :class:`~rl3_torchrl.transforms.OnlineQEstimator`.

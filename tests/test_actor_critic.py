@@ -50,8 +50,10 @@ def test_shapes_and_input_sizes(algo, keys, share_body):
 
 def test_errors_name_the_problem():
     env = make_env()
-    with pytest.raises(ValueError, match=r"algo='ppo'.*\['rl2', 'rl3'\]"):
+    with pytest.raises(ValueError, match=r"inputs='ppo' is not allowed; choose one of \['rl2', 'rl3'\]"):
         make_actor_critic(env, "ppo")
+    with pytest.raises(ValueError, match=r"inputs=\(\) names no key"):
+        make_actor_critic(env, ())
     rl2_only = TransformedEnv(ToyMetaEnv(), InitTracker())
     rl2_only.set_spec_lock_(False)
     del rl2_only.base_env.observation_spec["q_features"]
@@ -65,6 +67,22 @@ def test_errors_name_the_problem():
     with pytest.raises(ValueError, match="max_len"):
         make_actor_critic(TransformedEnv(no_horizon, InitTracker()), "rl2")
     assert make_actor_critic(env, "rl2", max_len=50, **TINY)[1].backbone.max_len == 50
+
+
+def test_inputs_may_be_any_observation_keys():
+    """A sequence of keys builds the same network as the layout of the same keys, reading exactly those keys."""
+    from rl3_torchrl.modules import RL2_INPUT_KEYS
+
+    env = make_env()
+    torch.manual_seed(0)
+    by_name, _ = make_actor_critic(env, "rl2", **TINY)
+    torch.manual_seed(0)
+    by_keys, _ = make_actor_critic(env, list(RL2_INPUT_KEYS), **TINY)
+    assert by_keys.in_keys == by_name.in_keys
+    td = env.reset()
+    torch.testing.assert_close(by_keys(td.clone())["logits"], by_name(td.clone())["logits"])
+    only_obs, _ = make_actor_critic(env, ["observation"], **TINY)
+    assert set(only_obs.in_keys) == {"observation", "is_init", "first_step"}
 
 
 @pytest.mark.parametrize("share_body", [False, True])

@@ -23,12 +23,13 @@ def _head(d_model: int, out_features: int, device) -> nn.Module:
     return nn.Sequential(nn.ReLU(), nn.Linear(d_model, out_features, device=device))
 
 
-def make_actor_critic(env, algo: str = "rl3", *, share_body: bool = False, device=None, is_init_key="is_init",
+def make_actor_critic(env, inputs="rl3", *, share_body: bool = False, device=None, is_init_key="is_init",
                       **sizes):
     """Builds the Transformer actor and critic of RL² or RL³ for ``env``.
 
-    The token of each step is the concatenation of :data:`RL2_INPUT_KEYS` (``algo="rl2"``) or
-    :data:`RL3_INPUT_KEYS` (``algo="rl3"``) read from ``env.observation_spec``, which must also hold
+    The token of each step is the concatenation of the ``inputs`` read from ``env.observation_spec``: the layout
+    :data:`RL2_INPUT_KEYS` (``"rl2"``), :data:`RL3_INPUT_KEYS` (``"rl3"``, also what ``rl3_coarse`` reads; see
+    :data:`~rl3_torchrl.tasks.ALGORITHMS` for each algorithm's layout) or any sequence of keys. The spec must also hold
     ``is_init`` (add :class:`~torchrl.envs.InitTracker`). As in the paper, actor and critic are separate
     networks, each a :class:`~rl3_torchrl.modules.MetaCausalTransformer` followed by a ReLU → Linear head. With
     ``share_body=True`` one :class:`~rl3_torchrl.modules.MetaTransformerModule` computes both ``logits`` and
@@ -46,7 +47,8 @@ def make_actor_critic(env, algo: str = "rl3", *, share_body: bool = False, devic
     Args:
         env (EnvBase): the (transformed) environment; its ``action_spec`` must be a
             :class:`~torchrl.data.Categorical` (integer actions).
-        algo (str): ``"rl3"`` (default) or ``"rl2"``.
+        inputs (str or sequence of NestedKey): the input layout, ``"rl3"`` (default) or ``"rl2"``, or the keys
+            themselves (e.g. ``[*RL2_INPUT_KEYS, "my_features"]``).
 
     Keyword Args:
         share_body (bool): one backbone for actor and critic. Default False.
@@ -79,16 +81,21 @@ def make_actor_critic(env, algo: str = "rl3", *, share_body: bool = False, devic
         >>> td["action"].shape, td["action_log_prob"].shape, td["state_value"].shape
         (torch.Size([4]), torch.Size([4]), torch.Size([4, 1]))
     """
-    if algo not in INPUT_KEYS:
-        raise ValueError(f"unknown algo={algo!r}; expected one of {sorted(INPUT_KEYS)}.")
-    keys = INPUT_KEYS[algo]
+    if isinstance(inputs, str):
+        if inputs not in INPUT_KEYS:
+            raise ValueError(f"inputs={inputs!r} is not allowed; choose one of {sorted(INPUT_KEYS)} or pass keys.")
+        keys = INPUT_KEYS[inputs]
+    else:
+        keys = tuple(inputs)
+        if not keys:
+            raise ValueError("inputs=() names no key; pass a layout name or at least one observation key.")
     spec = env.observation_spec
     available = sorted(map(str, spec.keys(include_nested=True, leaves_only=True)))
     for key in (*keys, is_init_key):
         if key not in spec.keys(include_nested=True):
             hint = " (add torchrl.envs.InitTracker)" if key == is_init_key else ""
             raise ValueError(
-                f"algo={algo!r} needs the observation key {key!r}{hint}, which env.observation_spec lacks; "
+                f"inputs={inputs!r} needs the observation key {key!r}{hint}, which env.observation_spec lacks; "
                 f"available keys: {available}."
             )
     action_spec = env.action_spec
