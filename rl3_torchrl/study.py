@@ -466,7 +466,7 @@ def report_study(study: DictConfig, root) -> str:
 def _claims(study, root, agg, base, horizons, in_task, ood_tasks) -> list[str]:
     """The claims of the reproduction issue, each with the figure that tests it (blank where not yet measured)."""
     lines = ["## Claims", ""]
-    curves = learning_curves(study_cells(study, root))
+    curves = learning_curves([c for c in study_cells(study, root) if c.status() == "done"])  # final returns only
     has = set(study.algos)
     if {"rl2", "rl3"} <= has:
         lines.append("1. **Sample efficiency** (frames RL³ needs to reach RL²'s final held-out return, on the seed-mean "
