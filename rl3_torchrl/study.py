@@ -347,7 +347,7 @@ def _seed_stats(values: Sequence[float]) -> tuple[float, float]:
 
 def aggregate_cells(rows: Sequence[dict]) -> dict[tuple[str, int, str], dict]:
     """Oracle-normalised return per ``(algo, H, task)``: the mean over seeds of each seed's mean over tasks, with
-    the standard error over seeds.
+    the standard error over seeds (with a single seed, that seed's standard error over tasks, if the row has it).
 
     Examples:
         >>> rows = [dict(algo="rl3", horizon=8, task="t", seed=s, normalized_mean=v) for s, v in enumerate([.5, .7])]
@@ -357,8 +357,14 @@ def aggregate_cells(rows: Sequence[dict]) -> dict[tuple[str, int, str], dict]:
     """
     groups: dict = {}
     for r in rows:
-        groups.setdefault((r["algo"], int(r["horizon"]), r["task"]), []).append(float(r["normalized_mean"]))
-    return {k: dict(zip(("mean", "se"), _seed_stats(v)), seeds=len(v)) for k, v in groups.items()}
+        groups.setdefault((r["algo"], int(r["horizon"]), r["task"]), []).append(r)
+    out = {}
+    for key, group in groups.items():
+        mean, se = _seed_stats([float(r["normalized_mean"]) for r in group])
+        if len(group) == 1:
+            se = float(group[0].get("normalized_stderr", 0.0))
+        out[key] = dict(mean=mean, se=se, seeds=len(group))
+    return out
 
 
 def learning_curves(cells: Sequence[Cell], key: str = "eval_normalized_return") -> dict[tuple[str, int], tuple]:

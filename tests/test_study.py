@@ -116,6 +116,8 @@ def test_report_figures_match_a_hand_computation(tmp_path):
     mean = (0.5 + 0.6 + 0.9) / 3
     se = math.sqrt(sum((v - mean) ** 2 for v in (0.5, 0.6, 0.9)) / 2 / 3)
     assert agg["mean"] == pytest.approx(mean) and agg["se"] == pytest.approx(se) and agg["seeds"] == 3
+    one = aggregate_cells([dict(algo="rl2", horizon=8, task="t", seed=0, normalized_mean=0.4, normalized_stderr=0.02)])
+    assert one[("rl2", 8, "t")] == dict(mean=0.4, se=0.02, seeds=1)  # one seed: its SE over tasks
     assert frames_to_reach([1, 2, 3], [0.2, 0.1, 0.3], 0.25) == 3
     assert frames_to_reach([1, 2, 3], [0.2, 0.1, 0.3], 0.5) is None
 
