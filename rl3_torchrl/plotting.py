@@ -80,7 +80,7 @@ def plot_return_vs_horizon(
         2
     """
     stderr = value.replace("_mean", "_stderr")
-    fig, ax = plt.subplots(figsize=(5.5, 4))
+    fig, ax = plt.subplots(figsize=(8, 4.5))
     methods = list(dict.fromkeys(r["method"] for r in rows))
     colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     learned = [m for m in methods if m not in reference_methods]
@@ -101,11 +101,14 @@ def plot_return_vs_horizon(
                 marker="." if reference else "o", linewidth=0.8 if reference else 1.5, capsize=2,
                 label=f"{method} ({'OOD' if ood else 'in-dist'}: {task})",
             )
+    horizons = sorted({r["horizon"] for r in rows})
     ax.set_xscale("log", base=2)
+    ax.set_xticks(horizons, [str(h) for h in horizons])
+    ax.minorticks_off()
     ax.set_xlabel("meta-episode length H")
     ax.set_ylabel("oracle-normalised return" if value == "normalized_mean" else value)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
+    ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))  # beside the axes: many methods
     fig.tight_layout()
     return fig
 
