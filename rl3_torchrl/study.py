@@ -14,6 +14,7 @@ own overrides, e.g. ``num_envs``) and the seeds; every combination is a *cell*, 
 from __future__ import annotations
 
 import csv
+import functools
 import json
 import math
 import os
@@ -207,7 +208,7 @@ def train_cell(cell: Cell, threads: int = 1) -> dict:
     out = cell.output_dir
     out.mkdir(parents=True, exist_ok=True)
     resume = (out / CHECKPOINT_NAME).exists()
-    code = git_revision()  # the code this process trains with (imported once per worker process)
+    code = _process_code()
     start = time.perf_counter()
     with open(out / "train.log", "a") as log, redirect_stdout(log), redirect_stderr(log):
         print(f"# {time.strftime('%Y-%m-%d %H:%M:%S')} {'resume' if resume else 'start'}: {cell.command}", flush=True)
@@ -226,10 +227,18 @@ def train_cell(cell: Cell, threads: int = 1) -> dict:
     return record
 
 
+@functools.cache
+def _process_code() -> str:
+    """:func:`git_revision` when this process first asked, i.e. when its worker started and imported the package:
+    the code a cell trains with, even if the tree changes while the study runs."""
+    return git_revision()
+
+
 def _worker_init(parent: int) -> None:
     """Pool initializer: one torch thread, and end this worker once the study process is gone (killed), instead of
     working on as an orphan beside the study that resumes the same cell; a cell keeps its last checkpoint."""
     torch.set_num_threads(1)
+    _process_code()
 
     def watch():
         while os.getppid() == parent:
