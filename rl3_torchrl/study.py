@@ -74,7 +74,7 @@ def named_studies() -> list[str]:
 
     Examples:
         >>> named_studies()
-        ['cpu', 'paper']
+        ['cpu', 'grids', 'paper']
     """
     return sorted(p.stem for p in STUDY_DIR.glob("*.yaml"))
 

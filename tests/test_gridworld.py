@@ -269,6 +269,33 @@ def test_corner_goals_and_presets():
     assert GridworldEnv.from_preset("11x11").horizon == 250 and GridworldEnv.from_preset("13x13").horizon == 350
 
 
+
+def test_small_preset_is_the_paper_rules_scaled_down():
+    """``7x7`` (ours): the paper's rules with scaled counts. Its candidates have the tile counts of an independent
+    numpy draw by the paper's rules with the same parameters, the acceptance decision of a dense numpy DP, and the
+    coarse abstraction has a default radius that pairs orthogonal neighbours only."""
+    from rl3_torchrl.transforms import StateAbstraction
+
+    env = GridworldEnv.from_preset("7x7")
+    gen = env.generator
+    assert (env.size, env.horizon, gen.acceptance_horizon, gen.return_window) == (7, 100, 64, (68.0, 100.0))
+    counts = (gen.n_obstacles, gen.obstacle_length, gen.n_water, gen.water_length, gen.n_dangers)
+    assert counts == (4, 3, 2, 2, 1) and gen.goal_min_distance == 5 and gen.layout == "paper"
+    tiles, valid = gen.candidates(400, torch.Generator().manual_seed(5), "cpu")
+    rng = np.random.default_rng(1)
+    reference = np.stack([numpy_paper_grid(rng, 7, 4, 3, 2, 2, 1, 5) for _ in range(2000)])
+    for code in (OBSTACLE, WATER, WARNING, GOAL):
+        ours, ref = (tiles == code).sum(1).double().numpy(), (reference == code).sum((1, 2)).astype(float)
+        se = np.hypot(ours.std(ddof=1) / np.sqrt(len(ours)), ref.std(ddof=1) / np.sqrt(len(ref)))
+        assert abs(ours.mean() - ref.mean()) <= 4 * se + 1e-9, (TILE_CHARS[code], ours.mean(), ref.mean())
+    for i in range(40):
+        value = numpy_episode_value(tiles[i].view(7, 7).numpy(), 0.2, 1.0, 64)[centre_cell(7)]
+        assert bool(valid[i]) == (68 <= value <= 100), (i, value)
+    assert 0.5 < float(valid.float().mean()) < 1.0  # the window does reject grids
+    neighbours = StateAbstraction.grid(7).radius * 7
+    assert 1.0 < neighbours < 2**0.5
+
+
 # ---------------------------------------------------------------------------------------------- dynamics
 @pytest.mark.parametrize("slip,water_slip", [(0.2, 1.0), (0.3, 0.6)])
 def test_slip_frequencies(slip, water_slip):
@@ -497,6 +524,7 @@ def test_plot_grid_with_trajectory_and_values():
         render_text(torch.zeros(10, dtype=torch.long))
 
 
+@pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_cuda():
     env = GridworldEnv.from_preset("13x13", num_envs=8, device="cuda", observe_tiles=True)

@@ -33,7 +33,9 @@ class GridworldEnv(MetaTaskEnv):
     slips. Inner episodes end only at a goal or a danger, after which the agent restarts at the centre; a
     meta-episode lasts ``horizon`` steps. The defaults are the paper's 13×13 family (the paper's settings,
     including the authors' grid layout rules); :attr:`PRESETS` adds 11×11 and the 13×13 out-of-distribution
-    shifts, all with the paper's layout (pass ``layout="ours"`` for this project's first generator).
+    shifts, all with the paper's layout (pass ``layout="ours"`` for this project's first generator), and ``7x7``,
+    a CPU-sized family of ours (not the paper's): the same tiles, rewards, slip and layout rules, with the counts,
+    distances and horizons scaled down (see :attr:`PRESETS`).
 
     Args:
         num_envs (int): the number of grids held at once.
@@ -64,7 +66,22 @@ class GridworldEnv(MetaTaskEnv):
         True
     """
 
+    #: The paper's families and shifts, and ``7x7`` (ours, for CPU budgets): segment and danger counts scaled with
+    #: the area (121 → 49 cells: 11 → 4 obstacles, 5 → 2 water, 2 → 1 danger), the goal distance and the acceptance
+    #: DP's horizon with the side (8 → 5, i.e. about the same quarter of the cells far enough; 100 → 64), the
+    #: acceptance window's lower end with the side (the paper's 50 steps of slack below 100 → 32) and ``H``
+    #: (250 → 100) with the area, which leaves room for about 14 inner episodes of an optimal agent.
     PRESETS = {
+        "7x7": {
+            "size": 7,
+            "horizon": 100,
+            "n_obstacles": 4,
+            "n_water": 2,
+            "n_dangers": 1,
+            "goal_min_distance": 5,
+            "acceptance_horizon": 64,
+            "return_window": (68.0, 100.0),
+        },
         "11x11": {"size": 11, "horizon": 250},
         "13x13": {"size": 13, "horizon": 350},
         "13x13_dense": {"size": 13, "horizon": 350, "obstacle_length": 4},

@@ -14,8 +14,10 @@ import torch
 
 from rl3_torchrl._validation import check_float, check_int
 
-#: The paper's radius for each grid side (normalised coordinates).
-GRID_RADIUS = {11: 0.1, 13: 0.08}
+#: The radius for each grid side (normalised coordinates): the paper's for 11 and 13; ours for the 7×7 family of
+#: :attr:`~rl3_torchrl.envs.GridworldEnv.PRESETS`, by the same rule (orthogonal neighbours at 1/7 ≈ 0.143 are
+#: within it, diagonal ones at ≈ 0.202 are not).
+GRID_RADIUS = {7: 0.15, 11: 0.1, 13: 0.08}
 #: Distances closer than this count as equal (ties go to the oldest group, not to rounding noise).
 TIE_TOLERANCE = 1e-9
 
@@ -82,7 +84,7 @@ class StateAbstraction(torch.nn.Module):
     def grid(cls, side: int, radius: float | None = None, **kwargs) -> "StateAbstraction":
         """The abstraction of a ``side × side`` grid in ``(row/side, col/side)`` coordinates.
 
-        ``radius=None`` takes the paper's value for the side (:data:`GRID_RADIUS`).
+        ``radius=None`` takes the value for the side in :data:`GRID_RADIUS`.
         """
         if radius is None:
             if side not in GRID_RADIUS:
