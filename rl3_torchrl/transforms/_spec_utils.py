@@ -32,8 +32,11 @@ def parent_action_size(transform, action_key, owner: str) -> tuple[int, bool]:
 
 
 def action_index(action: torch.Tensor, one_hot: bool) -> torch.Tensor:
-    """Integer action indices from a Categorical (``[*B]``) or one-hot (``[*B, A]``) action."""
-    return action.argmax(-1) if one_hot else action
+    """Integer action indices from a Categorical (``[*B]``) or one-hot (``[*B, A]``, any dtype, bool included)
+    action."""
+    if not one_hot:
+        return action
+    return (action.to(torch.uint8) if action.dtype == torch.bool else action).argmax(-1)
 
 
 def get_key(tensordict: TensorDictBase, key, argument: str, owner: str) -> torch.Tensor:

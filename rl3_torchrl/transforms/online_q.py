@@ -5,12 +5,13 @@ import math
 
 import torch
 from tensordict import TensorDictBase
-from torchrl.data import Categorical, Unbounded
+from torchrl.data import Categorical, OneHot, Unbounded
 from torchrl._utils import timeit
 from torchrl.envs import Transform
 from torchrl.envs.transforms.utils import _get_reset
 
 from rl3_torchrl._validation import check_choice, check_float, check_int
+from rl3_torchrl.envs.trial import reached_key
 from rl3_torchrl.transforms._spec_utils import action_index, get_key, parent_action_size
 from rl3_torchrl.transforms.abstraction import StateAbstraction
 from rl3_torchrl.transforms.count_model import REWARD_MODELS, DenseCountModel, SparseCountModel, _check_count_dtype
@@ -21,8 +22,53 @@ RESTART_FEATURES = ("cached", "fresh")
 #: The blocks of ``q_features``, in order: ``advantage`` (A values), ``value`` (1), ``count`` (A).
 Q_FEATURE_BLOCKS = ("advantage", "value", "count")
 BACKUPS = ("dense", "sparse")
-_DEFAULT_NEXT_STATE_KEY = "reached_state"
-_DEFAULT_TERMINAL_KEY = "inner_terminated"
+# The terminal flag read by default: the inner-episode flag of a meta env, else the env's own ``terminated``.
+_DEFAULT_TERMINAL_KEYS = ("inner_terminated", "terminated")
+
+
+def _optional(check):
+    return lambda name, value: None if value is None else check(name, value)
+
+
+def _abstraction(name, value):
+    if value is not None and not isinstance(value, StateAbstraction):
+        raise TypeError(f"{name} must be a StateAbstraction, got {type(value).__name__}.")
+    return value
+
+
+def _radius(name, value):
+    return value if value is None or value == "auto" else check_float(name, value, low=0.0)
+
+
+#: The settings that may change after a reset, each with its check. A change of a ``_STEP_SETTINGS`` entry takes
+#: effect at the next step; a change of a ``_MODEL_SETTINGS`` entry rebuilds the model at the next reset of every
+#: row (stepping before that reset raises, so that no step silently runs on the old setting).
+_STEP_SETTINGS = {
+    "max_sweeps": lambda name, value: check_int(name, value, low=1),
+    "tol": _optional(lambda name, value: check_float(name, value, low=0.0, low_inclusive=False)),
+    "check_every": lambda name, value: check_int(name, value, low=1),
+    "warm_start": lambda name, value: bool(value),
+    "feature_scale": lambda name, value: check_float(name, value, low=0.0, low_inclusive=False),
+    "exploration_bonus": lambda name, value: check_float(name, value, low=0.0),
+    "validate": lambda name, value: None if value is None else bool(value),
+}
+_MODEL_SETTINGS = {
+    "backup": lambda name, value: check_choice(name, value, BACKUPS),
+    "gamma": lambda name, value: check_float(name, value, low=0.0, high=1.0),
+    "laplace": lambda name, value: check_float(name, value, low=0.0, low_inclusive=False),
+    "reward_model": lambda name, value: check_choice(name, value, REWARD_MODELS),
+    "restart_features": lambda name, value: check_choice(name, value, RESTART_FEATURES),
+    "dtype": lambda name, value: _check_count_dtype(value),
+    "n_states": _optional(lambda name, value: check_int(name, value, low=1)),
+    "abstraction": _abstraction,
+    "abstraction_radius": _radius,
+}
+_SHOWN_FIRST = ("backup", "gamma", "laplace", "max_sweeps")  # the order of the repr starts with these
+#: The settings fixed at construction (they decide the keys and specs of the env).
+_FIXED_SETTINGS = (
+    "write_q_values", "state_fn", "state_key", "action_key", "reward_key", "next_state_key", "terminal_key",
+    "q_features_key", "q_values_key",
+)  # fmt: skip
 
 
 def q_feature_size(n_actions: int) -> int:
@@ -93,6 +139,12 @@ class OnlineQEstimator(Transform):
     (the same on the coarse abstraction); all with ``reward_model="transition"`` and ``restart_features="cached"``.
     Pass ``reward_model="pair", restart_features="fresh"`` for ours.
 
+    Settings may change after a reset: the value-iteration ones (``max_sweeps``, ``tol``, ``check_every``,
+    ``warm_start``, ``feature_scale``, ``exploration_bonus``, ``validate``) at the next step; the model's (``gamma``,
+    ``laplace``, ``backup``, ``reward_model``, ``restart_features``, ``dtype``, ``n_states``, the abstraction) at the
+    next reset of every row, and a step before that reset raises. Keys, ``write_q_values`` and ``state_fn`` are
+    fixed at construction. Every value is checked when it is set; ``repr`` shows them all.
+
     Keyword Args:
         backup (str): ``"dense"`` or ``"sparse"``.
         gamma (float): the discount of the inner value iteration, in ``[0, 1]`` (default 0.95).
@@ -110,7 +162,11 @@ class OnlineQEstimator(Transform):
         abstraction (StateAbstraction, optional): a coarse abstraction (``"sparse"`` only).
         abstraction_radius (float or "auto", optional): build a :meth:`StateAbstraction.grid` abstraction for a
             square grid whose states are ``row·N + col``; ``"auto"`` takes the paper's radius for ``N``.
-        n_states (int, optional): the number of states; default: the ``n`` of the ``Categorical`` state spec.
+        n_states (int, optional): the number of states; default: the ``n`` of the ``Categorical`` or ``OneHot``
+            state spec (required with ``state_fn``).
+        state_fn (callable, optional): maps the ``state_key`` entry of a batch (``[N, *obs_shape]``) to one integer
+            state index per row (int64 ``[N]``), for observations that are neither indices nor one-hot vectors
+            (e.g. ``lambda obs: obs[:, 0] * 4 + obs[:, 1]`` for ``(row, col)`` pairs). Needs ``n_states``.
         dtype (torch.dtype): the float dtype of the model, float32 (default; counts exact up to 2**24 visits) or
             float64; half precision is refused (its counts would stop growing at 2048 or 256). The features are
             float32.
@@ -120,10 +176,14 @@ class OnlineQEstimator(Transform):
             accelerator, so the default (``None``) checks on CPU only. Off CPU, :class:`~rl3_torchrl.training.Trainer`
             checks the rewards of each collected batch once instead.
         state_key, action_key, reward_key (NestedKey): the inputs (``"state"``, ``"action"``, ``"reward"``).
-        next_state_key (NestedKey, optional): the state reached by the transition; default ``"reached_state"``
-            when the env writes it, else ``state_key`` of ``"next"``.
+            States are integer indices (a ``Categorical`` spec, ``[*B]``), one-hot vectors (a ``OneHot`` spec,
+            ``[*B, n_states]``, any dtype) or anything ``state_fn`` maps to indices; a state of another width or
+            dtype raises. Actions are indices or one-hot vectors (int or bool), read from the action spec.
+        next_state_key (NestedKey, optional): the state reached by the transition; default ``"reached_<state_key>"``
+            when the env writes it (``"reached_state"`` for our envs, ``"reached_observation"`` for a
+            :class:`~rl3_torchrl.envs.TrialEnv` of a Gymnasium env), else ``state_key`` of ``"next"``.
         terminal_key (NestedKey, optional): the flag of a transition into a terminal state; default
-            ``"inner_terminated"`` when the env writes it, else no state is terminal.
+            ``"inner_terminated"`` when the env writes it, else the env's ``"terminated"``, else no state is terminal.
         q_features_key, q_values_key (NestedKey): the outputs (``"q_features"``, ``"q_values"``).
 
     Examples:
@@ -137,6 +197,9 @@ class OnlineQEstimator(Transform):
         >>> counts = rollout["next", "q_features"][..., 6:] * 10     # N(s, ·) of the current state
         >>> bool((counts.sum(-1) <= torch.arange(1, 51)).all())
         True
+        >>> env.transform.gamma = 0.9                                   # takes effect at the next reset
+        >>> env.transform                                               # doctest: +ELLIPSIS
+        OnlineQEstimator(backup='dense', gamma=0.9, laplace=0.1, max_sweeps=10, ...)
     """
 
     _PAPER_RULES = dict(reward_model="transition", restart_features="cached")
@@ -177,6 +240,7 @@ class OnlineQEstimator(Transform):
         abstraction: StateAbstraction | None = None,
         abstraction_radius: float | str | None = None,
         n_states: int | None = None,
+        state_fn=None,
         dtype: torch.dtype = torch.float32,
         device=None,
         validate: bool | None = None,
@@ -188,38 +252,26 @@ class OnlineQEstimator(Transform):
         q_features_key="q_features",
         q_values_key="q_values",
     ):
-        self.backup = check_choice("backup", backup, BACKUPS)
-        self.gamma = check_float("gamma", gamma, low=0.0, high=1.0)
-        self.laplace = check_float("laplace", laplace, low=0.0, low_inclusive=False)
-        self.max_sweeps = check_int("max_sweeps", max_sweeps, low=1)
-        self.tol = None if tol is None else check_float("tol", tol, low=0.0, low_inclusive=False)
-        self.check_every = check_int("check_every", check_every, low=1)
-        self.warm_start = bool(warm_start)
-        self.feature_scale = check_float("feature_scale", feature_scale, low=0.0, low_inclusive=False)
-        self.write_q_values = bool(write_q_values)
-        self.reward_model = check_choice("reward_model", reward_model, REWARD_MODELS)
-        self.restart_features = check_choice("restart_features", restart_features, RESTART_FEATURES)
-        self.exploration_bonus = check_float("exploration_bonus", exploration_bonus, low=0.0)
-        self.n_states = None if n_states is None else check_int("n_states", n_states, low=1)
-        self.dtype = _check_count_dtype(dtype)
-        self.model_device = None if device is None else torch.device(device)
+        out_keys = [q_features_key] + ([q_values_key] if write_q_values else [])
+        super().__init__(in_keys=[state_key], out_keys=out_keys)
+        self.model, self._config, self._stale = None, None, None
+        self.backup, self.gamma, self.laplace, self.max_sweeps, self.tol = backup, gamma, laplace, max_sweeps, tol
+        self.check_every, self.warm_start, self.feature_scale = check_every, warm_start, feature_scale
+        self.reward_model, self.restart_features, self.exploration_bonus = reward_model, restart_features, exploration_bonus
+        self.abstraction, self.abstraction_radius, self.n_states, self.dtype = abstraction, abstraction_radius, n_states, dtype
         self.validate = validate
-        if abstraction is not None and abstraction_radius is not None:
-            raise ValueError("pass either abstraction= or abstraction_radius=, not both.")
-        if abstraction is not None and not isinstance(abstraction, StateAbstraction):
-            raise TypeError(f"abstraction must be a StateAbstraction, got {type(abstraction).__name__}.")
-        if abstraction_radius is not None and abstraction_radius != "auto":
-            abstraction_radius = check_float("abstraction_radius", abstraction_radius, low=0.0)
-        if (abstraction is not None or abstraction_radius is not None) and self.backup != "sparse":
-            raise ValueError(f"a state abstraction needs backup='sparse' (states discovered online), got {backup!r}.")
-        self.abstraction, self.abstraction_radius = abstraction, abstraction_radius
+        self.model_device = None if device is None else torch.device(device)
+        self.write_q_values = bool(write_q_values)
+        if state_fn is not None and not callable(state_fn):
+            raise TypeError(f"state_fn must be callable (observation -> state index), got {type(state_fn).__name__}.")
+        if state_fn is not None and n_states is None:
+            raise ValueError("state_fn= needs n_states= (the number of state indices it maps to).")
+        self.state_fn = state_fn
         self.state_key, self.action_key, self.reward_key = state_key, action_key, reward_key
         self.next_state_key, self.terminal_key = next_state_key, terminal_key
         self.q_features_key, self.q_values_key = q_features_key, q_values_key
-        out_keys = [q_features_key] + ([q_values_key] if self.write_q_values else [])
-        super().__init__(in_keys=[state_key], out_keys=out_keys)
-        self.model = None
-        self._config = None
+        self._check_model_settings()
+        self._fixed = True
 
     @classmethod
     def from_preset(cls, name: str, **overrides) -> "OnlineQEstimator":
@@ -231,6 +283,34 @@ class OnlineQEstimator(Transform):
         """
         check_choice("preset", name, cls.PRESETS)
         return cls(**{**cls.PRESETS[name], **overrides})
+
+    # ------------------------------------------------------------------ settings
+    def __setattr__(self, name, value):
+        check = _STEP_SETTINGS.get(name) or _MODEL_SETTINGS.get(name)
+        if check is not None:
+            value = check(name, value)
+            if name in _MODEL_SETTINGS and self.__dict__.get("_fixed") and self._stale is None:
+                self._stale = name
+                self._config = None
+        elif name in _FIXED_SETTINGS and self.__dict__.get("_fixed"):
+            raise AttributeError(
+                f"OnlineQEstimator.{name} is fixed at construction (it decides the env's keys and specs); build a "
+                f"new estimator with {name}={value!r}."
+            )
+        super().__setattr__(name, value)
+
+    def __repr__(self) -> str:
+        names = dict.fromkeys((*_SHOWN_FIRST, *_MODEL_SETTINGS, *_STEP_SETTINGS, *_FIXED_SETTINGS))
+        return f"{type(self).__name__}({', '.join(f'{name}={getattr(self, name)!r}' for name in names)})"
+
+    def _check_model_settings(self) -> None:
+        """The checks that involve several settings (run at construction and before the model is rebuilt)."""
+        if self.abstraction is not None and self.abstraction_radius is not None:
+            raise ValueError("pass either abstraction= or abstraction_radius=, not both.")
+        if (self.abstraction is not None or self.abstraction_radius is not None) and self.backup != "sparse":
+            raise ValueError(
+                f"a state abstraction needs backup='sparse' (states discovered online), got backup={self.backup!r}."
+            )
 
     # ------------------------------------------------------------------ configuration from the specs
     def set_container(self, container) -> None:
@@ -249,36 +329,54 @@ class OnlineQEstimator(Transform):
             )
         next_state_key = self.next_state_key
         if next_state_key is None:
-            next_state_key = _DEFAULT_NEXT_STATE_KEY if _DEFAULT_NEXT_STATE_KEY in keys else self.state_key
+            next_state_key = reached_key(self.state_key)
+            next_state_key = next_state_key if next_state_key in keys else self.state_key
+        flags = keys + list(self.parent.full_done_spec.keys(True, True))
         terminal_key = self.terminal_key
-        if terminal_key is None and _DEFAULT_TERMINAL_KEY in keys:
-            terminal_key = _DEFAULT_TERMINAL_KEY
-        for argument, key in (("next_state_key", next_state_key), ("terminal_key", terminal_key)):
-            if key is not None and key not in keys:
+        if terminal_key is None:
+            terminal_key = next((key for key in _DEFAULT_TERMINAL_KEYS if key in flags), None)
+        for argument, key, allowed in (("next_state_key", next_state_key, keys), ("terminal_key", terminal_key, flags)):
+            if key is not None and key not in allowed:
                 raise KeyError(
                     f"OnlineQEstimator: {argument}={key!r} is not an observation of the env; available: "
-                    f"{sorted(map(str, keys))}."
+                    f"{sorted(map(str, allowed))}."
                 )
-        n_states = self.n_states
-        if n_states is None:
-            state_spec = observation_spec[self.state_key]
-            if not isinstance(state_spec, Categorical):
-                raise TypeError(
-                    f"OnlineQEstimator: cannot infer the number of states from the {type(state_spec).__name__} spec "
-                    f"of {self.state_key!r}; make it Categorical or pass n_states=."
-                )
-            n_states = int(state_spec.space.n)
+        n_states, encoding = self._state_encoding(observation_spec[self.state_key])
         n_actions, one_hot = parent_action_size(self, self.action_key, "OnlineQEstimator")
-        if self.model is None or (self.model.n_states, self.model.n_actions) != (n_states, n_actions):
+        if self._stale is not None or self.model is None or (
+            (self.model.n_states, self.model.n_actions) != (n_states, n_actions)
+        ):
+            self._check_model_settings()
             self.model = self._make_model(n_states, n_actions)
         self._config = dict(
             n_states=n_states,
             n_actions=n_actions,
             one_hot=one_hot,
+            encoding=encoding,
             next_state_key=next_state_key,
             terminal_key=terminal_key,
         )
         return self._config
+
+    def _state_encoding(self, spec) -> tuple[int, str]:
+        """``(n_states, encoding)`` of the state spec: ``"index"``, ``"one_hot"`` or ``"fn"`` (``state_fn``)."""
+        if self.state_fn is not None:
+            return self.n_states, "fn"
+        if isinstance(spec, OneHot):
+            width = int(spec.space.n)
+            if self.n_states is not None and self.n_states != width:
+                raise ValueError(
+                    f"OnlineQEstimator: n_states={self.n_states} does not match the one-hot states of "
+                    f"state_key={self.state_key!r} (width {width}); allowed: n_states=None or {width}."
+                )
+            return width, "one_hot"
+        if isinstance(spec, Categorical):
+            return (int(spec.space.n) if self.n_states is None else self.n_states), "index"
+        raise TypeError(
+            f"OnlineQEstimator: state_key={self.state_key!r} has a {type(spec).__name__} spec of shape "
+            f"{tuple(spec.shape)}; allowed: a Categorical spec (integer state indices), a OneHot spec (one-hot "
+            "states), or pass state_fn= (observation -> state index) with n_states=."
+        )
 
     def _make_model(self, n_states: int, n_actions: int):
         common = dict(laplace=self.laplace, gamma=self.gamma, dtype=self.dtype, reward_model=self.reward_model)
@@ -320,7 +418,13 @@ class OnlineQEstimator(Transform):
         device = self.model_device or state.device
         reset_key = self.parent.reset_keys[0]
         reset = _get_reset(reset_key, tensordict).reshape(-1).to(device)
-        if self.model.rows != state.shape[0] or self.model.q.device != device:
+        if self._stale is not None and not bool(reset.all()):
+            raise RuntimeError(
+                f"OnlineQEstimator.{self._stale} changed after the first reset: the model is rebuilt with it at the "
+                "next reset of every row, but this reset is partial; reset the whole env (env.reset())."
+            )
+        if self.model.rows != state.shape[0] or self.model.q.device != device or self._stale is not None:
+            self._stale = None
             if not bool(reset.all()):
                 raise RuntimeError(
                     f"OnlineQEstimator holds {self.model.rows} rows but got a partial reset of "
@@ -335,6 +439,11 @@ class OnlineQEstimator(Transform):
 
     @timeit("q_estimation")
     def _step(self, tensordict: TensorDictBase, next_tensordict: TensorDictBase) -> TensorDictBase:
+        if self._stale is not None:
+            raise RuntimeError(
+                f"OnlineQEstimator.{self._stale} changed after the reset: it takes effect at the next reset of every "
+                "row (the model is rebuilt then); call env.reset() before stepping."
+            )
         config = self._config
         device = self.model.q.device
         state = self._states(tensordict, self.state_key, "state_key", config, check=False).to(device)
@@ -365,14 +474,47 @@ class OnlineQEstimator(Transform):
         return self._write(next_tensordict, current)
 
     def _states(self, tensordict, key, argument, config, check=True) -> torch.Tensor:
-        states = get_key(tensordict, key, argument, "OnlineQEstimator").reshape(-1)
+        """One int64 state index per row of ``tensordict``, from indices, one-hot vectors or ``state_fn``."""
+        value = get_key(tensordict, key, argument, "OnlineQEstimator")
+        batch, S, encoding = tuple(tensordict.shape), config["n_states"], config["encoding"]
+        if encoding == "fn":
+            states = self.state_fn(value.reshape(-1, *value.shape[len(batch):]))
+            what = "state_fn's output"
+        else:
+            states, what = value, f"{argument}={key!r}"
+        if encoding == "one_hot":
+            if value.shape != (*batch, S) or value.dtype.is_complex:
+                raise ValueError(
+                    f"OnlineQEstimator: {what} holds {value.dtype} states of shape {tuple(value.shape)}; allowed: "
+                    f"one-hot states of shape {(*batch, S)} (n_states={S}), any real or bool dtype."
+                )
+            one_hot = value.reshape(-1, S)
+            if check and self._validating(one_hot) and not bool(((one_hot != 0).sum(-1) == 1).all()):
+                raise ValueError(
+                    f"OnlineQEstimator: {what} holds rows that are not one-hot (exactly one nonzero entry each); "
+                    f"first rows: {one_hot[(one_hot != 0).sum(-1) != 1][:2].tolist()}."
+                )
+            states = (one_hot.to(torch.uint8) if one_hot.dtype == torch.bool else one_hot).argmax(-1)
+        elif states.dtype.is_floating_point or states.dtype.is_complex or states.dtype == torch.bool:
+            raise TypeError(
+                f"OnlineQEstimator: {what} holds {states.dtype} states; allowed: integer state indices "
+                "(a float or bool observation needs a OneHot spec or state_fn=)."
+            )
+        else:
+            allowed = [(math.prod(batch),)] if encoding == "fn" else [batch, (*batch, 1)]
+            if tuple(states.shape) not in allowed:
+                raise ValueError(
+                    f"OnlineQEstimator: {what} holds states of shape {tuple(states.shape)}; allowed: one integer "
+                    f"index per row, shape {' or '.join(map(str, allowed))} (one-hot states need a OneHot spec)."
+                )
+        states = states.reshape(-1)
         if check and self._validating(states):
             low, high = torch.stack([states.min(), states.max()]).tolist()
-            if low < 0 or high >= config["n_states"]:
-                bad = states[(states < 0) | (states >= config["n_states"])][:5].tolist()
+            if low < 0 or high >= S:
+                bad = states[(states < 0) | (states >= S)][:5].tolist()
                 raise ValueError(
-                    f"OnlineQEstimator: {argument}={key!r} holds state indices {bad} out of range; allowed: "
-                    f"[0, {config['n_states'] - 1}] (n_states={config['n_states']})."
+                    f"OnlineQEstimator: {what} holds state indices {bad} out of range; allowed: "
+                    f"[0, {S - 1}] (n_states={S})."
                 )
         return states
 
