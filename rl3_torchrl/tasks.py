@@ -6,15 +6,25 @@ A *task* name selects an env class and one of its presets (``"random_mdp"``, ``"
 * ``"rl2"``: :class:`~rl3_torchrl.transforms.MetaRLInputs` + ``InitTracker``;
 * ``"rl3"``: the same plus :class:`~rl3_torchrl.transforms.OnlineQEstimator` (the task family's preset);
 * ``"rl3_coarse"``: RL³ with the coarse state abstraction of the Q model (gridworlds only).
+
+:func:`register_task` adds a task (any env factory) to :data:`TASKS`, so that the recipes, the evaluation and the
+study runner accept its name. The recipes see tasks registered by the modules named in the environment variable
+``RL3_TASKS`` (comma-separated module names, imported at the end of this module, also in collection workers):
+``RL3_TASKS=my_tasks python recipes/ppo_rl3.py env=my_task``.
 """
 from __future__ import annotations
 
+import functools
+import importlib
+import os
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from torchrl.envs import Compose, InitTracker, TransformedEnv
 
 from rl3_torchrl._validation import check_choice
 from rl3_torchrl.envs import GridworldEnv, RandomMDPEnv
+from rl3_torchrl.envs.toy_text import FrozenLakeFamily, TaxiFamily, make_toy_text_env
 from rl3_torchrl.transforms import MetaRLInputs, OnlineQEstimator
 
 
@@ -55,38 +65,106 @@ ALGOS = tuple(ALGORITHMS)
 
 @dataclass(frozen=True)
 class TaskSpec:
-    """One named task distribution: the env class, its preset and the family it is a shift of.
+    """One named task distribution: how to build its env, the family it is a shift of, and the settings of RL³'s
+    Q estimator on it.
+
+    Attributes:
+        factory (callable): ``factory(num_envs, **kwargs) -> env``, a batched meta-RL env (``batch_size
+            [num_envs]``, a ``horizon`` attribute, the keys of :class:`~rl3_torchrl.envs.MetaTaskEnv`; for the
+            oracle-normalised evaluation a ``task_mdp()``); ``kwargs`` are ``horizon``, ``seed``, ``split``,
+            ``device``.
+        family (str): the in-distribution task of which this one is a shift (itself if in distribution).
+        q_preset (str or dict): a preset name of :attr:`OnlineQEstimator.PRESETS
+            <rl3_torchrl.transforms.OnlineQEstimator.PRESETS>` or the estimator's keyword arguments.
 
     Examples:
         >>> spec = TASKS["random_mdp_ood"]
-        >>> spec.env_cls.__name__, spec.preset, spec.family, spec.q_preset
-        ('RandomMDPEnv', 'ood', 'random_mdp', 'random_mdp')
+        >>> spec.family, spec.q_preset
+        ('random_mdp', 'random_mdp')
     """
 
-    env_cls: type
-    preset: str
+    factory: Callable
     family: str
-
-    @property
-    def q_preset(self) -> str:
-        return "gridworld" if self.env_cls is GridworldEnv else "random_mdp"
+    q_preset: str | dict = "random_mdp"
 
 
-def _registry() -> dict[str, TaskSpec]:
+def register_task(name: str, factory: Callable, *, family: str | None = None, q_preset="random_mdp",
+                  replace: bool = False) -> TaskSpec:
+    """Add a task to :data:`TASKS` (the recipes, the evaluation and the studies then accept its name).
+
+    Args:
+        name (str): the task's name.
+        factory (callable): ``factory(num_envs, **kwargs) -> env`` (see :class:`TaskSpec`), e.g. a
+            ``functools.partial`` of :func:`~rl3_torchrl.envs.toy_text.make_toy_text_env` or a
+            :class:`~rl3_torchrl.envs.TrialEnv` builder of your own.
+
+    Keyword Args:
+        family (str, optional): the in-distribution task this one is a shift of (default: ``name`` itself).
+        q_preset (str or dict): the Q estimator's preset name or keyword arguments (default ``"random_mdp"``).
+        replace (bool): allow replacing a task of the same name.
+
+    Examples:
+        >>> from functools import partial
+        >>> spec = register_task("small_mdp", partial(RandomMDPEnv, n_states=3, horizon=20))
+        >>> make_meta_env("small_mdp", "rl3", 2).reset()["q_features"].shape
+        torch.Size([2, 11])
+        >>> register_task("small_mdp", RandomMDPEnv)
+        Traceback (most recent call last):
+        ...
+        ValueError: name='small_mdp' is already a task; pass replace=True to replace it.
+        >>> del TASKS["small_mdp"]
+    """
+    if not isinstance(name, str) or not name:
+        raise TypeError(f"name must be a non-empty string, got {name!r}.")
+    if name in TASKS and not replace:
+        raise ValueError(f"name={name!r} is already a task; pass replace=True to replace it.")
+    if not callable(factory):
+        raise TypeError(f"factory must be callable (num_envs, **kwargs) -> env, got {type(factory).__name__}.")
+    family = name if family is None else family
+    if family != name and family not in TASKS:
+        raise ValueError(f"family={family!r} is not a task; allowed: {sorted(TASKS)} or None (the task itself).")
+    if isinstance(q_preset, str):
+        check_choice("q_preset", q_preset, OnlineQEstimator.PRESETS)
+    elif not isinstance(q_preset, dict):
+        raise TypeError(f"q_preset must be a preset name of OnlineQEstimator.PRESETS or a dict, got {q_preset!r}.")
+    else:
+        OnlineQEstimator(**q_preset)  # fails now, with the estimator's message, rather than at the first reset
+    TASKS[name] = TaskSpec(factory, family, q_preset)
+    return TASKS[name]
+
+
+#: The Gymnasium toy-text tasks (``pip install "rl3_torchrl[gym]"``): name -> (family object, default horizon,
+#: in-distribution task). FrozenLake OOD: more holes (frozen probability 0.8 -> 0.6) on maps of the same size.
+TOY_TEXT_TASKS = {
+    "frozenlake_4x4": (FrozenLakeFamily(size=4, frozen_prob=0.8), 100, "frozenlake_4x4"),
+    "frozenlake_4x4_holes": (FrozenLakeFamily(size=4, frozen_prob=0.6), 100, "frozenlake_4x4"),
+    "frozenlake_8x8": (FrozenLakeFamily(size=8, frozen_prob=0.8), 200, "frozenlake_8x8"),
+    "frozenlake_8x8_holes": (FrozenLakeFamily(size=8, frozen_prob=0.6), 200, "frozenlake_8x8"),
+    "taxi": (TaxiFamily(), 200, "taxi"),
+    "taxi_rainy": (TaxiFamily(rainy=True), 200, "taxi"),
+}
+
+
+def _builtin_tasks() -> dict[str, TaskSpec]:
     tasks = {
-        "random_mdp": TaskSpec(RandomMDPEnv, "default", "random_mdp"),
-        "random_mdp_ood": TaskSpec(RandomMDPEnv, "ood", "random_mdp"),
-        "bandit": TaskSpec(RandomMDPEnv, "bandit", "bandit"),
-        "bandit_ood": TaskSpec(RandomMDPEnv, "bandit_ood", "bandit"),
+        "random_mdp": TaskSpec(functools.partial(RandomMDPEnv.from_preset, "default"), "random_mdp"),
+        "random_mdp_ood": TaskSpec(functools.partial(RandomMDPEnv.from_preset, "ood"), "random_mdp"),
+        "bandit": TaskSpec(functools.partial(RandomMDPEnv.from_preset, "bandit"), "bandit"),
+        "bandit_ood": TaskSpec(functools.partial(RandomMDPEnv.from_preset, "bandit_ood"), "bandit"),
     }
     for preset in GridworldEnv.PRESETS:
         family = "gridworld_" + preset.split("_")[0]
-        tasks["gridworld_" + preset] = TaskSpec(GridworldEnv, preset, family)
+        factory = functools.partial(GridworldEnv.from_preset, preset)
+        tasks["gridworld_" + preset] = TaskSpec(factory, family, "gridworld")
+    for name, (family, horizon, in_distribution) in TOY_TEXT_TASKS.items():
+        q_preset = "gridworld" if isinstance(family, TaxiFamily) else "toy_text"  # Taxi: 500 states, sparse model
+        tasks[name] = TaskSpec(functools.partial(make_toy_text_env, family, horizon=horizon), in_distribution, q_preset)
     return tasks
 
 
-#: Every task by name: the random-MDP and bandit presets by hand, every gridworld preset of ``GridworldEnv.PRESETS``.
-TASKS: dict[str, TaskSpec] = _registry()
+#: Every task by name: the random-MDP and bandit presets, every gridworld preset of ``GridworldEnv.PRESETS``, the
+#: toy-text tasks of :data:`TOY_TEXT_TASKS`, and the tasks added by :func:`register_task`.
+TASKS: dict[str, TaskSpec] = _builtin_tasks()
 
 
 def task_family(task: str) -> list[str]:
@@ -110,7 +188,7 @@ def make_task_env(task: str, num_envs: int, **kwargs):
         (250, 121)
     """
     spec = TASKS[check_choice("task", task, TASKS)]
-    return spec.env_cls.from_preset(spec.preset, num_envs, **{k: v for k, v in kwargs.items() if v is not None})
+    return spec.factory(num_envs, **{k: v for k, v in kwargs.items() if v is not None})
 
 
 def make_meta_env(
@@ -151,11 +229,14 @@ def make_meta_env(
     else:
         q_preset = spec.q_preset
         if algorithm.coarse:
-            if q_preset != "gridworld":
+            if not task.startswith("gridworld"):
                 raise ValueError(f"algo={algo!r} needs a gridworld task (a state abstraction), got task={task!r}.")
             q_preset = "gridworld_coarse"
-        transforms.append(
-            OnlineQEstimator.from_preset(q_preset, write_q_values=write_q_values, **(q_overrides or {}))
-        )
+        settings = OnlineQEstimator.PRESETS[q_preset] if isinstance(q_preset, str) else q_preset
+        transforms.append(OnlineQEstimator(**{**settings, "write_q_values": write_q_values, **(q_overrides or {})}))
     transforms.append(InitTracker())
     return TransformedEnv(make_task_env(task, num_envs, **env_kwargs), Compose(*transforms))
+
+
+for _module in filter(None, os.environ.get("RL3_TASKS", "").split(",")):
+    importlib.import_module(_module.strip())  # user modules that call register_task

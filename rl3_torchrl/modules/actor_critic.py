@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import torch
 from torch import nn
-from torchrl.data import Categorical
-from torchrl.modules import ProbabilisticActor
+from torchrl.data import Categorical, OneHot
+from torchrl.modules import OneHotCategorical, ProbabilisticActor
 
 from .transformer import MetaCausalTransformer, MetaTransformerModule
 
@@ -29,8 +29,14 @@ def make_actor_critic(env, inputs="rl3", *, share_body: bool = False, device=Non
 
     The token of each step is the concatenation of the ``inputs`` read from ``env.observation_spec``: the layout
     :data:`RL2_INPUT_KEYS` (``"rl2"``), :data:`RL3_INPUT_KEYS` (``"rl3"``, also what ``rl3_coarse`` reads; see
-    :data:`~rl3_torchrl.tasks.ALGORITHMS` for each algorithm's layout) or any sequence of keys. The spec must also hold
-    ``is_init`` (add :class:`~torchrl.envs.InitTracker`). As in the paper, actor and critic are separate
+    :data:`~rl3_torchrl.tasks.ALGORITHMS` for each algorithm's layout) or any sequence of keys: ``inputs`` *is* the
+    actor's and critic's ``in_keys`` (one argument for both the named layouts and explicit keys, so there is no
+    separate ``in_keys=``). Any env that provides the keys works: ours, a :class:`~rl3_torchrl.envs.TrialEnv` of
+    any episodic env with :class:`~rl3_torchrl.transforms.MetaRLInputs` (and
+    :class:`~rl3_torchrl.transforms.OnlineQEstimator` for ``"rl3"``), or your own keys. Inputs of any dtype (e.g. a
+    Gymnasium env's int64 one-hot observation) are cast to float. The spec must also hold ``is_init`` (add
+    :class:`~torchrl.envs.InitTracker`); where it holds ``first_step`` (written by ``MetaRLInputs``) the modules
+    check that it agrees with ``is_init``. As in the paper, actor and critic are separate
     networks, each a :class:`~rl3_torchrl.modules.MetaCausalTransformer` followed by a ReLU → Linear head. With
     ``share_body=True`` one :class:`~rl3_torchrl.modules.MetaTransformerModule` computes both ``logits`` and
     ``state_value`` from a single backbone: the critic is then that very module (the actor also writes
@@ -46,7 +52,8 @@ def make_actor_critic(env, inputs="rl3", *, share_body: bool = False, device=Non
 
     Args:
         env (EnvBase): the (transformed) environment; its ``action_spec`` must be a
-            :class:`~torchrl.data.Categorical` (integer actions).
+            :class:`~torchrl.data.Categorical` (integer actions) or a :class:`~torchrl.data.OneHot` (one-hot
+            actions, e.g. a Gymnasium env's default; the actor then samples a ``OneHotCategorical``).
         inputs (str or sequence of NestedKey): the input layout, ``"rl3"`` (default) or ``"rl2"``, or the keys
             themselves (e.g. ``[*RL2_INPUT_KEYS, "my_features"]``).
 
@@ -60,7 +67,8 @@ def make_actor_critic(env, inputs="rl3", *, share_body: bool = False, device=Non
 
     Returns:
         ``(actor, critic)``: a :class:`~torchrl.modules.ProbabilisticActor` writing ``logits``, ``action``
-        and ``action_log_prob`` (``torch.distributions.Categorical``), and a TensorDictModule writing
+        and ``action_log_prob`` (``torch.distributions.Categorical``, or torchrl's ``OneHotCategorical`` for a
+        one-hot action spec), and a TensorDictModule writing
         ``state_value``. Both run the step path on per-step data and the window path under
         ``set_recurrent_mode(True)`` (i.e. inside every torchrl loss) or on data with a ``"time"`` dim.
 
@@ -99,11 +107,17 @@ def make_actor_critic(env, inputs="rl3", *, share_body: bool = False, device=Non
                 f"available keys: {available}."
             )
     action_spec = env.action_spec
-    if not isinstance(action_spec, Categorical):
+    if isinstance(action_spec, OneHot):
+        distribution = OneHotCategorical
+    elif isinstance(action_spec, Categorical) and action_spec.shape == env.observation_spec.shape:
+        distribution = torch.distributions.Categorical
+    else:
         raise ValueError(
-            f"make_actor_critic needs integer actions (a torchrl.data.Categorical action_spec), "
-            f"got {type(action_spec).__name__}."
+            f"make_actor_critic needs one discrete action per row: a torchrl.data.Categorical action_spec of shape "
+            f"{tuple(env.observation_spec.shape)} or a OneHot one, got {type(action_spec).__name__} of shape "
+            f"{tuple(action_spec.shape)}."
         )
+    start_key = "first_step" if "first_step" in spec.keys(include_nested=True) else None
     if "max_len" not in sizes:
         horizon = getattr(env, "horizon", None)
         if horizon is None:
@@ -117,7 +131,7 @@ def make_actor_critic(env, inputs="rl3", *, share_body: bool = False, device=Non
         backbone = MetaCausalTransformer(in_features, device=device, **sizes)
         heads = [_head(backbone.d_model, n, device) for n in out_sizes]
         return MetaTransformerModule(
-            backbone, heads, in_keys=list(keys), out_keys=out_keys, is_init_key=is_init_key, start_key="first_step"
+            backbone, heads, in_keys=list(keys), out_keys=out_keys, is_init_key=is_init_key, start_key=start_key
         )
 
     if share_body:
@@ -129,7 +143,7 @@ def make_actor_critic(env, inputs="rl3", *, share_body: bool = False, device=Non
         policy_module,
         in_keys=["logits"],
         spec=action_spec,
-        distribution_class=torch.distributions.Categorical,
+        distribution_class=distribution,
         return_log_prob=True,
     )
     return actor, critic

@@ -134,9 +134,11 @@ class OnlineQEstimator(Transform):
       ``q_values`` (with ``write_q_values``) is the ``Q`` the features were computed from, so it is cached too.
       Without a ``next_state_key`` distinct from ``state_key`` no restart is visible and both conventions agree.
 
-    Named presets (:meth:`from_preset`, the paper's settings): ``"random_mdp"`` (dense, α = 0.1, 10 sweeps from
-    zero), ``"gridworld"`` (sparse, α = 0.01, warm-started until ``max |ΔQ| < 0.1``) and ``"gridworld_coarse"``
-    (the same on the coarse abstraction); all with ``reward_model="transition"`` and ``restart_features="cached"``.
+    Named presets (:meth:`from_preset`): the paper's ``"random_mdp"`` (dense, α = 0.1, 10 sweeps from zero),
+    ``"gridworld"`` (sparse, α = 0.01, warm-started until ``max |ΔQ| < 0.1``) and ``"gridworld_coarse"`` (the same
+    on the coarse abstraction), and ours ``"toy_text"`` (small tabular tasks with sparse rewards such as
+    FrozenLake: dense, α = 0.01, warm-started until ``max |ΔQ| < 0.01``); all with ``reward_model="transition"``
+    and ``restart_features="cached"``.
     Pass ``reward_model="pair", restart_features="fresh"`` for ours.
 
     Settings may change after a reset: the value-iteration ones (``max_sweeps``, ``tol``, ``check_every``,
@@ -209,6 +211,9 @@ class OnlineQEstimator(Transform):
         ),
         "gridworld": dict(
             backup="sparse", laplace=0.01, max_sweeps=2000, tol=0.1, check_every=4, warm_start=True, **_PAPER_RULES
+        ),
+        "toy_text": dict(
+            backup="dense", laplace=0.01, max_sweeps=200, tol=0.01, check_every=5, warm_start=True, **_PAPER_RULES
         ),
         "gridworld_coarse": dict(
             backup="sparse",
