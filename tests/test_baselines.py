@@ -221,6 +221,7 @@ def test_the_policy_records_every_transition_of_its_rows():
             assert policy.model.counts[row, s[row, t], a[row, t]] >= 1
 
 
+@pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_runs_on_cuda():
     result = evaluate_baseline("opsrl", "random_mdp", horizon=20, num_tasks=8, device="cuda")
