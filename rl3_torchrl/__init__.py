@@ -10,6 +10,7 @@ from rl3_torchrl.envs import (
     GridworldEnv,
     MetaTaskEnv,
     RandomMDPEnv,
+    TrialEnv,
     finite_horizon_values,
     optimal_actions,
     oracle_return,
@@ -28,7 +29,7 @@ from rl3_torchrl.modules import (
     make_actor_critic,
 )
 from rl3_torchrl.modules.transformer import _old_name_getattr
-from rl3_torchrl.tasks import TASKS, make_meta_env, make_task_env, task_family
+from rl3_torchrl.tasks import TASKS, make_meta_env, make_task_env, register_task, task_family
 from rl3_torchrl.training import NonFiniteError, Trainer, load_actor, load_config, train
 from rl3_torchrl.transforms import MetaRLInputs, OnlineQEstimator, StateAbstraction
 
@@ -53,6 +54,7 @@ __all__ = [
     "RunLock",
     "StateAbstraction",
     "Trainer",
+    "TrialEnv",
     "evaluate",
     "evaluate_actor",
     "evaluate_baseline",
@@ -67,6 +69,7 @@ __all__ = [
     "oracle_return",
     "plot_grid",
     "random_policy_return",
+    "register_task",
     "render_text",
     "run_meta_episodes",
     "save_checkpoint",
