@@ -3,7 +3,8 @@
 Every method is run on the same held-out tasks: the env's ``split="test"`` task stream with a fixed seed, drawn in
 the same chunks, does not depend on the policy. For each task the undiscounted meta-episode return is divided by
 the task's exact optimal return (:func:`~rl3_torchrl.envs.oracle_return`); results are means with standard errors
-over tasks, plus the mean return of each inner episode.
+over tasks, plus the mean return of each inner episode and, on gridworlds, the fraction of inner episodes that
+reach the goal.
 """
 from __future__ import annotations
 
@@ -15,7 +16,8 @@ import torch
 from torchrl.envs.utils import ExplorationType, set_exploration_type
 
 from rl3_torchrl._validation import check_choice, check_float, check_int
-from rl3_torchrl.envs import oracle_return
+from rl3_torchrl.envs import GridworldEnv, oracle_return
+from rl3_torchrl.envs.gridworld_generator import ENTRY_REWARDS, GOAL
 from rl3_torchrl.modules.bayesian import (
     ModelBasedPolicy,
     PosteriorMeanPlanner,
@@ -161,6 +163,23 @@ def inner_episode_returns(rewards: torch.Tensor, inner_done: torch.Tensor, max_e
     return torch.where(started, out, torch.nan)
 
 
+def inner_episode_goals(rewards: torch.Tensor, inner_done: torch.Tensor, goal_reward: float):
+    """Per task, the inner episodes that ended on a step paying ``goal_reward`` (on gridworlds: at the goal) and the
+    inner episodes started; one still running at the last step counts as started, not as reaching the goal.
+
+    Returns:
+        ``(reached [B], started [B])`` long.
+
+    Examples:
+        >>> r = torch.tensor([[-1.0, 100.0, -1.0, -100.0, -1.0], [-1.0] * 5])
+        >>> done = torch.tensor([[False, True, False, True, False], [False] * 5])
+        >>> inner_episode_goals(r, done, 100.0)  # 1 goal in 3 inner episodes; none in 1
+        (tensor([1, 0]), tensor([3, 1]))
+    """
+    reached = ((rewards == goal_reward) & inner_done).sum(1)
+    return reached, inner_done.sum(1) + (~inner_done[:, -1]).long()
+
+
 def run_meta_episodes(env, make_policy: Callable, *, greedy: bool = False):
     """Reset ``env`` (new tasks) and play one whole meta-episode in every row.
 
@@ -231,7 +250,9 @@ def evaluate(
 
     Returns:
         a dict with ``return_mean``, ``return_stderr``, ``normalized_mean``, ``normalized_stderr``,
-        ``oracle_mean``, ``num_tasks``, ``horizon`` and ``inner_episode_returns`` (mean over tasks, a list).
+        ``oracle_mean``, ``num_tasks``, ``horizon``, ``inner_episode_returns`` (mean over tasks, a list) and, on
+        gridworlds, ``goal_rate``: the fraction of all inner episodes started that reached the goal
+        (:func:`inner_episode_goals`, pooled over tasks).
 
     Examples:
         >>> result = evaluate(lambda env: RandomPolicy(5, seed=0), "random_mdp", horizon=20, num_tasks=8)
@@ -251,7 +272,8 @@ def evaluate(
         write_q_values=write_q_values,
         q_overrides=q_overrides,
     )
-    returns, normalized, oracles, curves = [], [], [], []
+    goal_reward = ENTRY_REWARDS[GOAL] if isinstance(env.base_env, GridworldEnv) else None
+    returns, normalized, oracles, curves, goals = [], [], [], [], []
     for start in range(0, num_tasks, batch_size):
         rewards, inner_done, oracle = run_meta_episodes(env, make_policy, greedy=greedy)
         n = min(batch_size, num_tasks - start)
@@ -261,6 +283,8 @@ def evaluate(
         normalized.append(total / oracle[:n].to(total))
         if max_inner_episodes:
             curves.append(inner_episode_returns(rewards[:n], inner_done[:n], max_inner_episodes))
+        if goal_reward is not None:
+            goals.append(torch.stack(inner_episode_goals(rewards[:n], inner_done[:n], goal_reward)).sum(1))
     returns, normalized = torch.cat(returns), torch.cat(normalized)
     result = {"num_tasks": num_tasks, "horizon": env.base_env.horizon}
     result["return_mean"], result["return_stderr"] = mean_and_stderr(returns)
@@ -268,6 +292,9 @@ def evaluate(
     result["oracle_mean"] = float(torch.cat(oracles).mean())
     if curves:
         result["inner_episode_returns"] = torch.cat(curves).nanmean(0).tolist()
+    if goals:
+        reached, started = torch.stack(goals).sum(0).tolist()
+        result["goal_rate"] = reached / started
     return result
 
 

@@ -63,10 +63,11 @@ STUDY_DIR = CONFIG_DIR / "studies"
 CELL_RECORD = "cell.json"
 #: The seed of the held-out task stream of the final evaluation (the same tasks for every cell and baseline).
 EVAL_SEED = 2306
+# goal_rate: gridworlds only (the fraction of inner episodes that reached the goal), empty otherwise
 CELL_COLUMNS = ("algo", "horizon", "seed", "task", "num_tasks", "return_mean", "return_stderr", "normalized_mean",
-                "normalized_stderr", "oracle_mean", "frames")
+                "normalized_stderr", "oracle_mean", "frames", "goal_rate")
 BASELINE_COLUMNS = ("method", "horizon", "task", "num_tasks", "return_mean", "return_stderr", "normalized_mean",
-                    "normalized_stderr", "oracle_mean")
+                    "normalized_stderr", "oracle_mean", "goal_rate")
 
 
 def named_studies() -> list[str]:
@@ -354,9 +355,10 @@ def _seed_stats(values: Sequence[float]) -> tuple[float, float]:
     return mean, se
 
 
-def aggregate_cells(rows: Sequence[dict]) -> dict[tuple[str, int, str], dict]:
-    """Oracle-normalised return per ``(algo, H, task)``: the mean over seeds of each seed's mean over tasks, with
-    the standard error over seeds (with a single seed, that seed's standard error over tasks, if the row has it).
+def aggregate_cells(rows: Sequence[dict], key: str = "normalized_mean") -> dict[tuple[str, int, str], dict]:
+    """A column of ``cells.csv`` per ``(algo, H, task)`` (default the oracle-normalised return): the mean over seeds
+    of each seed's mean over tasks, with the standard error over seeds (with a single seed, that seed's standard
+    error over tasks, if the row has it: the ``_stderr`` column beside a ``_mean`` one).
 
     Examples:
         >>> rows = [dict(algo="rl3", horizon=8, task="t", seed=s, normalized_mean=v) for s, v in enumerate([.5, .7])]
@@ -368,11 +370,11 @@ def aggregate_cells(rows: Sequence[dict]) -> dict[tuple[str, int, str], dict]:
     for r in rows:
         groups.setdefault((r["algo"], int(r["horizon"]), r["task"]), []).append(r)
     out = {}
-    for key, group in groups.items():
-        mean, se = _seed_stats([float(r["normalized_mean"]) for r in group])
+    for group_key, group in groups.items():
+        mean, se = _seed_stats([float(r[key]) for r in group])
         if len(group) == 1:
-            se = float(group[0].get("normalized_stderr", 0.0))
-        out[key] = dict(mean=mean, se=se, seeds=len(group))
+            se = float(group[0].get(key.removesuffix("_mean") + "_stderr", 0.0)) if key.endswith("_mean") else 0.0
+        out[group_key] = dict(mean=mean, se=se, seeds=len(group))
     return out
 
 
@@ -426,41 +428,48 @@ def report_study(study: DictConfig, root) -> str:
     root = Path(root)
     tasks = task_family(study.env)
     in_task, ood_tasks = tasks[0], tasks[1:]
-    agg = aggregate_cells(_read_rows(root / "cells.csv"))
+    rows = _read_rows(root / "cells.csv")
+    agg = aggregate_cells(rows)
+    grid = _is_gridworld(study)
+    returns, goals = (aggregate_cells(rows, "return_mean"), aggregate_cells(rows, "goal_rate")) if grid else ({}, {})
     base = {(r["method"], int(r["horizon"]), r["task"]): r for r in _read_rows(root / "baselines.csv")}
     horizons = sorted(int(h) for h in study.horizons)
+    header = ["method", "H", "seeds", "in-dist", *(f"OOD ({t})" for t in ood_tasks)]
+    header += ["OOD / in-dist"] if ood_tasks else []
+    header += ["return (in-dist)", "goal rate (in-dist)"] if grid else []
     lines = [f"# Study `{study.name}`: {study.env}, oracle-normalised return on held-out tasks", "",
              "Learned methods: mean ± SE over seeds of each seed's mean over the held-out tasks; baselines: mean ± "
-             "SE over tasks.", "",
-             "| method | H | seeds | in-dist | " + " | ".join(f"OOD ({t})" for t in ood_tasks) + " | OOD / in-dist |",
-             "|---|---|---|---|" + "---|" * len(ood_tasks) + "---|"]
+             "SE over tasks." + (" Goal rate: the fraction of inner episodes that reached the goal." if grid else ""),
+             "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     plot_rows = []
     for algo in study.algos:
         for h in horizons:
             if (algo, h, in_task) not in agg:
                 continue
-            ins = agg[(algo, h, in_task)]
-            oods = [agg.get((algo, h, t)) for t in ood_tasks]
-            cols = [_fmt(o["mean"], o["se"]) if o else "" for o in oods]
-            ratio = f"{oods[0]['mean'] / ins['mean']:.3f}" if oods and oods[0] else ""
-            lines.append(f"| {algo} | {h} | {ins['seeds']} | {_fmt(ins['mean'], ins['se'])} | {' | '.join(cols)} "
-                         f"| {ratio} |")
-            for t in tasks:
-                if (algo, h, t) in agg:
-                    a = agg[(algo, h, t)]
-                    plot_rows.append(dict(method=algo, task=t, horizon=h, normalized_mean=a["mean"],
-                                          normalized_stderr=a["se"]))
+            stats = [agg.get((algo, h, t)) for t in tasks]
+            row = [algo, h, stats[0]["seeds"], *(_fmt(a["mean"], a["se"]) if a else "" for a in stats)]
+            row += [f"{stats[1]['mean'] / stats[0]['mean']:.3f}" if stats[1] else ""] if ood_tasks else []
+            if grid:
+                ret, goal = returns[(algo, h, in_task)], goals[(algo, h, in_task)]
+                row += [f"{ret['mean']:.1f} ± {ret['se']:.1f}", _fmt(goal["mean"], goal["se"])]
+            lines.append("| " + " | ".join(map(str, row)) + " |")
+            plot_rows += [dict(method=algo, task=t, horizon=h, normalized_mean=a["mean"], normalized_stderr=a["se"])
+                          for t, a in zip(tasks, stats) if a]
     for method in study.evaluation.baselines:
         for h in horizons:
             cols = [base.get((method, h, t)) for t in tasks]
             if cols[0] is None:
                 continue
-            cells = [_fmt(c["normalized_mean"], c["normalized_stderr"]) if c else "" for c in cols]
-            ratio = f"{cols[1]['normalized_mean'] / cols[0]['normalized_mean']:.3f}" if len(cols) > 1 and cols[1] else ""
-            lines.append(f"| {method} | {h} | – | {' | '.join(cells)} | {ratio} |")
+            row = [method, h, "–", *(_fmt(c["normalized_mean"], c["normalized_stderr"]) if c else "" for c in cols)]
+            row += [f"{cols[1]['normalized_mean'] / cols[0]['normalized_mean']:.3f}" if cols[1] else ""] if ood_tasks else []
+            if grid:
+                row += [f"{cols[0]['return_mean']:.1f} ± {cols[0]['return_stderr']:.1f}", f"{cols[0]['goal_rate']:.3f}"]
+            lines.append("| " + " | ".join(map(str, row)) + " |")
             plot_rows += [dict(method=method, **{k: c[k] for k in ("task", "normalized_mean", "normalized_stderr")},
                                horizon=h) for c in cols if c]
     lines += ["", *_claims(study, root, agg, base, horizons, in_task, ood_tasks)]
+    if grid:
+        lines += _grid_claim(study, root, returns, goals, base, horizons, in_task)
     text = "\n".join(lines) + "\n"
     (root / "table.md").write_text(text)
     if plot_rows:
@@ -501,8 +510,9 @@ def _claims(study, root, agg, base, horizons, in_task, ood_tasks) -> list[str]:
                 overlap = "non-overlapping" if a["mean"] - a["se"] > b["mean"] + b["se"] else "overlapping"
                 lines.append(f"   - H = {h}: {diff:+.3f} ({diff / se if se else float('inf'):.1f} SE; SE bars "
                              f"{overlap})")
-    lines.append("3. **OOD / in-distribution ratio** (target for RL³ ≥ 0.97 at every H):")
-    for algo in study.algos:
+    if ood_tasks:
+        lines.append("3. **OOD / in-distribution ratio** (target for RL³ ≥ 0.97 at every H):")
+    for algo in study.algos if ood_tasks else ():
         ratios = [f"H = {h}: {agg[(algo, h, ood_tasks[0])]['mean'] / agg[(algo, h, in_task)]['mean']:.3f}"
                   for h in horizons if (algo, h, in_task) in agg and (algo, h, ood_tasks[0]) in agg]
         if ratios:
@@ -526,6 +536,38 @@ def _claims(study, root, agg, base, horizons, in_task, ood_tasks) -> list[str]:
             lines.append(f"5. **RL² learns** (target ≥ +0.1 over the random policy at H = {h}): "
                          f"{a['mean'] - b['normalized_mean']:+.3f} ({_fmt(a['mean'], a['se'])} vs "
                          f"{b['normalized_mean']:.3f})")
+    return lines
+
+
+def _is_gridworld(study: DictConfig) -> bool:
+    return TASKS[study.env].q_preset == "gridworld"
+
+
+def _grid_claim(study, root, returns, goals, base, horizons, in_task) -> list[str]:
+    """Claim 6 of the reproduction issue on a gridworld study: RL³'s goal rate, RL³ > RL² > random in return, and
+    RL³-coarse's return and training frames/s (the median over iterations of each seed, averaged) beside RL³'s."""
+    from rl3_torchrl.plotting import read_scalars
+
+    speed: dict = {}
+    for cell in study_cells(study, root):
+        log_dir = cell.output_dir / "logs" / cell.config().logger.exp_name
+        if cell.status() == "done" and log_dir.is_dir():
+            values = sorted(read_scalars(log_dir).get("frames_per_s", ([], []))[1])
+            if values:
+                speed.setdefault((cell.algo, cell.horizon), []).append(values[len(values) // 2])
+    lines = ["6. **Grids learn** (RL³ reaches the goal in most inner episodes; RL³ > RL² > random in return; "
+             "RL³-coarse beside RL³):"]
+    for h in horizons:
+        parts = [f"{m} {returns[(m, h, in_task)]['mean']:.1f} ± {returns[(m, h, in_task)]['se']:.1f} (goal rate "
+                 f"{goals[(m, h, in_task)]['mean']:.3f})" for m in study.algos if (m, h, in_task) in returns]
+        random = base.get(("random", h, in_task))
+        if random:
+            parts.append(f"random {random['return_mean']:.1f} ± {random['return_stderr']:.1f} (goal rate "
+                         f"{random['goal_rate']:.3f})")
+        lines.append(f"   - H = {h}, return: " + ", ".join(parts))
+        rates = [f"{m} {sum(v) / len(v):,.0f}" for m in study.algos if (v := speed.get((m, h)))]
+        if rates:
+            lines.append(f"   - H = {h}, training frames/s (one thread, shared machine): " + ", ".join(rates))
     return lines
 
 

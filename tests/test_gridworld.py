@@ -296,6 +296,21 @@ def test_small_preset_is_the_paper_rules_scaled_down():
     assert 1.0 < neighbours < 2**0.5
 
 
+
+def test_goal_rate_of_an_evaluation_counts_goals_in_inner_episodes():
+    """The oracle on hand-checkable numbers: on 7×7 grids it reaches the goal in almost every inner episode (only
+    the one cut off at H, and slips into a danger, are lost), the random policy rarely; random MDPs have no rate."""
+    from rl3_torchrl.evaluation import evaluate_baseline, inner_episode_goals
+
+    oracle = evaluate_baseline("oracle", "gridworld_7x7", num_tasks=16)
+    random = evaluate_baseline("random", "gridworld_7x7", num_tasks=16)
+    assert 0.85 < oracle["goal_rate"] < 1.0 and random["goal_rate"] < 0.3
+    assert "goal_rate" not in evaluate_baseline("random", "random_mdp", horizon=5, num_tasks=2)
+    reward = torch.tensor([[-1.0, 100.0, -100.0, 100.0]])
+    reached, started = inner_episode_goals(reward, torch.tensor([[False, True, True, True]]), 100.0)
+    assert (reached.item(), started.item()) == (2, 3)  # the last step ended an episode: no fourth one started
+
+
 # ---------------------------------------------------------------------------------------------- dynamics
 @pytest.mark.parametrize("slip,water_slip", [(0.2, 1.0), (0.3, 0.6)])
 def test_slip_frequencies(slip, water_slip):
@@ -524,7 +539,6 @@ def test_plot_grid_with_trajectory_and_values():
         render_text(torch.zeros(10, dtype=torch.long))
 
 
-@pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_cuda():
     env = GridworldEnv.from_preset("13x13", num_envs=8, device="cuda", observe_tiles=True)

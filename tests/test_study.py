@@ -110,6 +110,23 @@ def test_study_trains_resumes_evaluates_and_reports(tmp_path):
     assert manifest.count("python recipes/ppo_rl3.py") == 4 and "torchrl" in manifest and "frames" in manifest
 
 
+def test_gridworld_study_reports_goal_rates_and_claim_6(tmp_path):
+    """A family without OOD shifts: no OOD columns or claim 3; every row has its goal rate, claim 6 its numbers."""
+    study = _tiny_study(iterations=1)
+    study.name, study.env, study.algos, study.seeds = "grid", "gridworld_7x7", ["rl2", "rl3", "rl3_coarse"], [0]
+    train_study(study, tmp_path)
+    evaluate_study(study, tmp_path, num_tasks=4)
+    rows = _rows(tmp_path / "cells.csv") + _rows(tmp_path / "baselines.csv")
+    assert len(rows) == 3 + 2 and all(0.0 <= float(r["goal_rate"]) <= 1.0 for r in rows)
+    text = report_study(study, tmp_path)
+    header = next(line for line in text.splitlines() if line.startswith("| method"))
+    assert "OOD" not in header and "goal rate" in header and "OOD / in-distribution" not in text
+    table = [line for line in text.splitlines() if line.startswith("| ")]
+    assert len({line.count("|") for line in table}) == 1  # every row has the header's columns
+    claim = text[text.index("6. **Grids learn**"):]
+    assert all(f"{m} " in claim for m in ("rl2", "rl3", "rl3_coarse", "random")) and "frames/s" in claim
+
+
 def test_report_figures_match_a_hand_computation(tmp_path):
     rows = [dict(algo="rl3", horizon=8, task="t", seed=s, normalized_mean=v) for s, v in enumerate([0.5, 0.6, 0.9])]
     agg = aggregate_cells(rows)[("rl3", 8, "t")]
