@@ -37,6 +37,11 @@ def check_choice(name: str, value, choices: Iterable):
     return value
 
 
+def optional(check):
+    """A check ``(name, value)`` that also admits ``None`` (and returns it)."""
+    return lambda name, value: None if value is None else check(name, value)
+
+
 def _check_range(name, value, low, high, *, low_inclusive):
     below = low is not None and (value < low if low_inclusive else value <= low)
     above = high is not None and value > high

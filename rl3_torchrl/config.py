@@ -17,7 +17,7 @@ import torch
 import yaml
 from omegaconf import DictConfig, OmegaConf
 
-from rl3_torchrl._validation import check_choice, check_float, check_int
+from rl3_torchrl._validation import check_choice, check_float, check_int, optional as _optional
 from rl3_torchrl.collectors import BACKENDS
 from rl3_torchrl.modules import POSITIONS
 from rl3_torchrl.tasks import ALGOS, TASKS
@@ -108,10 +108,6 @@ def _real(low=None, high=None, low_inclusive=True):
 
 def _one_of(choices):
     return lambda name, value: check_choice(name, value, choices)
-
-
-def _optional(check):
-    return lambda name, value: None if value is None else check(name, value)
 
 
 def _flag(name, value):

@@ -108,10 +108,8 @@ class TaxiFamily:
 
     def sample(self, generator: torch.Generator) -> tuple[int, tuple[int, ...]]:
         """``(start_state, labels)``: ``labels[a]`` is the Gymnasium action that action ``a`` performs."""
-        from gymnasium.envs.toy_text.taxi import TaxiEnv
-
-        starts = torch.from_numpy(np.flatnonzero(TaxiEnv().initial_state_distrib))
-        start = int(starts[torch.randint(len(starts), (), generator=generator)])
+        starts = _taxi_starts()
+        start = starts[int(torch.randint(len(starts), (), generator=generator))]
         return start, tuple(torch.randperm(6, generator=generator).tolist())
 
     def build(self, task):
@@ -121,6 +119,14 @@ class TaxiFamily:
         env = TaxiEnv(is_rainy=self.rainy)
         env.initial_state_distrib = np.eye(self.n_states)[start]
         return _gymnasium().wrappers.TransformAction(env, lambda a: labels[a], env.action_space)
+
+
+@functools.lru_cache(maxsize=1)
+def _taxi_starts() -> tuple[int, ...]:
+    """The states of Gymnasium's Taxi start distribution (built once: a TaxiEnv computes its whole table)."""
+    from gymnasium.envs.toy_text.taxi import TaxiEnv
+
+    return tuple(np.flatnonzero(TaxiEnv().initial_state_distrib).tolist())
 
 
 @functools.lru_cache(maxsize=4096)

@@ -10,7 +10,7 @@ from torchrl._utils import timeit
 from torchrl.envs import Transform
 from torchrl.envs.transforms.utils import _get_reset
 
-from rl3_torchrl._validation import check_choice, check_float, check_int
+from rl3_torchrl._validation import check_choice, check_float, check_int, optional
 from rl3_torchrl.envs.trial import reached_key
 from rl3_torchrl.transforms._spec_utils import action_index, get_key, parent_action_size
 from rl3_torchrl.transforms.abstraction import StateAbstraction
@@ -24,10 +24,6 @@ Q_FEATURE_BLOCKS = ("advantage", "value", "count")
 BACKUPS = ("dense", "sparse")
 # The terminal flag read by default: the inner-episode flag of a meta env, else the env's own ``terminated``.
 _DEFAULT_TERMINAL_KEYS = ("inner_terminated", "terminated")
-
-
-def _optional(check):
-    return lambda name, value: None if value is None else check(name, value)
 
 
 def _abstraction(name, value):
@@ -45,7 +41,7 @@ def _radius(name, value):
 #: row (stepping before that reset raises, so that no step silently runs on the old setting).
 _STEP_SETTINGS = {
     "max_sweeps": lambda name, value: check_int(name, value, low=1),
-    "tol": _optional(lambda name, value: check_float(name, value, low=0.0, low_inclusive=False)),
+    "tol": optional(lambda name, value: check_float(name, value, low=0.0, low_inclusive=False)),
     "check_every": lambda name, value: check_int(name, value, low=1),
     "warm_start": lambda name, value: bool(value),
     "feature_scale": lambda name, value: check_float(name, value, low=0.0, low_inclusive=False),
@@ -59,7 +55,7 @@ _MODEL_SETTINGS = {
     "reward_model": lambda name, value: check_choice(name, value, REWARD_MODELS),
     "restart_features": lambda name, value: check_choice(name, value, RESTART_FEATURES),
     "dtype": lambda name, value: _check_count_dtype(value),
-    "n_states": _optional(lambda name, value: check_int(name, value, low=1)),
+    "n_states": optional(lambda name, value: check_int(name, value, low=1)),
     "abstraction": _abstraction,
     "abstraction_radius": _radius,
 }
