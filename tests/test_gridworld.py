@@ -539,6 +539,7 @@ def test_plot_grid_with_trajectory_and_values():
         render_text(torch.zeros(10, dtype=torch.long))
 
 
+@pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_cuda():
     env = GridworldEnv.from_preset("13x13", num_envs=8, device="cuda", observe_tiles=True)
