@@ -127,6 +127,13 @@ def test_specs_rollout_and_errors():
     check_env_specs(env, break_when_any_done="both")
     with pytest.raises(RuntimeError, match="before reset"):
         TrialEnv(ChainEnv((1,)), horizon=3).step(TensorDict(action=torch.zeros(1, dtype=torch.long), batch_size=[1]))
+    env.reset()
+    bad = TensorDict(action=torch.tensor([0, 2, 1]), batch_size=[3])
+    with pytest.raises(ValueError, match=r"action 'action' = \[0, 2, 1\] \(torch.int64, shape \(3,\)\) is not in the "
+                                         r"env's action spec; allowed: Categorical\(n=2\) of shape \(3,\)"):
+        env.step(bad)
+    with pytest.raises(ValueError, match=r"action 'action' = None"):
+        env.step(TensorDict(batch_size=[3]))
     with pytest.raises(ValueError, match="horizon=0 is out of range"):
         TrialEnv(ChainEnv(), horizon=0)
     with pytest.raises(TypeError, match="env must be a torchrl EnvBase"):

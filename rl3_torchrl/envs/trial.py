@@ -77,6 +77,8 @@ class TrialEnv(EnvBase):
             every observation of the env.
         split (str): ``"train"`` or ``"test"``: disjoint task streams for the same seed.
         seed (int): seeds the task generator and the env (its own ``set_seed``).
+        validate_actions (bool, optional): check every action against the env's action spec before stepping it
+            (one host sync per step); default (``None``): on CPU only.
         device: the trial's device (default: the env's); data moves to the env's device for its calls.
 
     Examples:
@@ -105,6 +107,7 @@ class TrialEnv(EnvBase):
         reached_keys=None,
         split: str = "train",
         seed: int = 0,
+        validate_actions: bool | None = None,
         device=None,
     ):
         if not isinstance(env, EnvBase):
@@ -126,11 +129,16 @@ class TrialEnv(EnvBase):
         self.horizon = check_int("horizon", horizon, low=1)
         self.episode_length = None if episode_length is None else check_int("episode_length", episode_length, low=1)
         self.split = check_choice("split", split, SPLITS)
+        if validate_actions is None:
+            validate_actions = self.device is None or self.device.type == "cpu"
+        self.validate_actions = bool(validate_actions)
         observations = list(env.full_observation_spec.keys(True, True))
         self.reached_keys = observations if reached_keys is None else list(reached_keys)
         for key in self.reached_keys:
             if key not in observations:
-                raise KeyError(f"reached_keys holds {key!r}, which is not an observation of env; allowed: {observations}.")
+                raise KeyError(
+                    f"reached_keys holds {key!r}, which is not an observation of env; allowed: {observations}."
+                )
         self._observation_keys = observations
         self._done_shape = env.full_done_spec["done"].shape
         self._make_specs()
@@ -222,6 +230,8 @@ class TrialEnv(EnvBase):
                 f"rows {ended} already took horizon={self.horizon} steps: reset them (their done flag is set) "
                 "before stepping again."
             )
+        if self.validate_actions:
+            self._check_actions(tensordict)
         inputs = [*self.env.full_action_spec.keys(True, True), *self.env.full_state_spec.keys(True, True)]
         stepped = self.env.step(tensordict.select(*inputs, strict=False).to(self.env.device))["next"].to(self.device)
         batch = self.batch_size
@@ -242,6 +252,19 @@ class TrialEnv(EnvBase):
         for key in self.full_reward_spec.keys(True, True):
             out.set(key, stepped[key])
         return out
+
+    def _check_actions(self, tensordict: TensorDictBase) -> None:
+        for key, spec in self.full_action_spec.items(True, True):
+            action = tensordict.get(key, None)
+            if action is None or action.shape != spec.shape or not spec.is_in(action):
+                shown = "None"
+                if action is not None:
+                    shown = f"{action.flatten()[:8].tolist()} ({action.dtype}, shape {tuple(action.shape)})"
+                allowed = f"n={spec.space.n}" if hasattr(spec.space, "n") else f"{spec.space}"
+                raise ValueError(
+                    f"TrialEnv: action {key!r} = {shown} is not in the env's action spec; allowed: "
+                    f"{type(spec).__name__}({allowed}) of shape {tuple(spec.shape)} and dtype {spec.dtype}."
+                )
 
     def _output(self, observed, reached, inner_done, inner_terminated, done) -> TensorDictBase:
         episode_norm = self.horizon if self.episode_length is None else self.episode_length

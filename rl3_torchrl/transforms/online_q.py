@@ -256,11 +256,12 @@ class OnlineQEstimator(Transform):
         out_keys = [q_features_key] + ([q_values_key] if write_q_values else [])
         super().__init__(in_keys=[state_key], out_keys=out_keys)
         self.model, self._config, self._stale = None, None, None
-        self.backup, self.gamma, self.laplace, self.max_sweeps, self.tol = backup, gamma, laplace, max_sweeps, tol
-        self.check_every, self.warm_start, self.feature_scale = check_every, warm_start, feature_scale
-        self.reward_model, self.restart_features, self.exploration_bonus = reward_model, restart_features, exploration_bonus
-        self.abstraction, self.abstraction_radius, self.n_states, self.dtype = abstraction, abstraction_radius, n_states, dtype
-        self.validate = validate
+        # each assignment is checked by __setattr__ (the same checks as a change after construction)
+        self.backup, self.gamma, self.laplace, self.dtype = backup, gamma, laplace, dtype
+        self.max_sweeps, self.tol, self.check_every, self.warm_start = max_sweeps, tol, check_every, warm_start
+        self.feature_scale, self.exploration_bonus, self.validate = feature_scale, exploration_bonus, validate
+        self.reward_model, self.restart_features = reward_model, restart_features
+        self.abstraction, self.abstraction_radius, self.n_states = abstraction, abstraction_radius, n_states
         self.model_device = None if device is None else torch.device(device)
         self.write_q_values = bool(write_q_values)
         if state_fn is not None and not callable(state_fn):
