@@ -183,5 +183,5 @@ for algo, actor in actors.items():
 # %%
 # Twenty-five iterations on one seed show the pieces working together, not what RL³ or RL² can do: at this budget
 # either may come out ahead on a given build, and both are far from the oracle. The committed runs of :doc:`/gym`
-# train both ten times longer on the named task ``frozenlake_4x4`` and report them on 500 held-out maps beside the
-# random policy and greedy action on RL³'s own Q estimate.
+# train both for ten times as many iterations (33 times the frames) on the named task ``frozenlake_4x4`` and report
+# them on 500 held-out maps beside the random policy and greedy action on RL³'s own Q estimate.
