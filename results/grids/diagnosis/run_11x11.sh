@@ -1,18 +1,17 @@
 #!/bin/bash
 # The 11×11 collapse, diagnosed: the documented RL² command (docs/reproducing.rst, tests/test_training.py's slow
-# test) at ppo.reward_scale 1 and 0.01, then single changes of the scale-1 run: γ 0.9, a larger constant entropy
-# bonus 0.1. Every run keeps a checkpoint every 25 iterations; inspect_run.py reads each of them.
+# test) at ppo.reward_scale 1 and 0.01, then one change of the scale-0.01 run: a larger constant entropy bonus, 0.1.
+# Every run keeps a checkpoint every 25 iterations; inspect_run.py reads each of them.
 # Usage (from the repository root): bash results/grids/diagnosis/run_11x11.sh OUT_DIR [NAME ...]
 set -euo pipefail
 out=${1:?OUT_DIR}; shift
-names=${*:-scale1 scale001 scale1_gamma09 scale1_entropy01}
+names=${*:-scale1 scale001 scale001_entropy01}
 base="env=gridworld_11x11 horizon=null algo=rl2 iterations=150 ppo.lr=0.0005 ppo.entropy_coeff=0.04
       ppo.entropy_schedule=constant eval.every=25 progress=false checkpoint.every=25 checkpoint.keep_last=6"
 declare -A extra=(
   [scale1]="ppo.reward_scale=1.0"
   [scale001]="ppo.reward_scale=0.01"
-  [scale1_gamma09]="ppo.reward_scale=1.0 ppo.gamma=0.9"
-  [scale1_entropy01]="ppo.reward_scale=1.0 ppo.entropy_coeff=0.1"
+  [scale001_entropy01]="ppo.reward_scale=0.01 ppo.entropy_coeff=0.1"
 )
 for name in $names; do
   start=$(date +%s)
