@@ -5,6 +5,9 @@
     python recipes/study.py cpu --stage report              # tables and figures from what is finished
     python recipes/study.py paper --workers 8 --device cuda # the paper's budgets (a GPU machine or a cluster)
     python recipes/study.py cpu --list                      # each cell's status and command
+    python recipes/study.py --compare cpu rl3_torchrl/configs/studies/ablation/one_layer.yaml:results/ablation/one_layer \
+        --algos rl2 --horizon 100 --out results/ablation
+                                                            # studies that differ in one setting, at equal frames
 
 Every stage resumes: cells with a finished checkpoint are skipped, killed cells continue from their last
 checkpoint, evaluated rows are kept. Each cell is an ordinary ``recipes/ppo_rl3.py`` run (its command is in
@@ -18,6 +21,7 @@ import time
 from pathlib import Path
 
 from rl3_torchrl.study import (
+    compare_studies,
     evaluate_study,
     load_study,
     named_studies,
@@ -32,7 +36,8 @@ STAGES = ("train", "evaluate", "report")
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("study", help=f"a named study ({', '.join(named_studies())}) or the path of a study YAML file")
+    parser.add_argument("study", nargs="?",
+                        help=f"a named study ({', '.join(named_studies())}) or the path of a study YAML file")
     parser.add_argument("--stage", nargs="+", choices=STAGES, default=list(STAGES))
     parser.add_argument("--workers", type=int, default=1, help="cells trained or evaluated at once (one process each)")
     parser.add_argument("--algos", nargs="+", default=None, help="train only these algorithms' cells")
@@ -40,11 +45,32 @@ def parse_args(argv=None):
     parser.add_argument("--device", default="cpu", help="device of the evaluation")
     parser.add_argument("--out", default=None, help="results folder (default results/<study>)")
     parser.add_argument("--list", action="store_true", help="print each cell's status and command, then stop")
-    return parser.parse_args(argv)
+    parser.add_argument("--compare", nargs="+", metavar="STUDY[:ROOT]", default=None,
+                        help="compare these studies' learning curves at equal frames (ROOT defaults to "
+                             "results/<study>); writes comparison.md and comparison.png into --out")
+    parser.add_argument("--horizon", type=int, default=None, help="with --compare: only the cells of this H")
+    args = parser.parse_args(argv)
+    if (args.study is None) == (args.compare is None):
+        parser.error("give either a study or --compare STUDY[:ROOT] ...")
+    if args.compare is not None and args.out is None:
+        parser.error("--compare needs --out, the folder of comparison.md and comparison.png")
+    return args
+
+
+def compare(args) -> None:
+    groups = {}
+    for entry in args.compare:
+        name, _, root = entry.partition(":")
+        study = load_study(name)
+        cells = study_cells(study, root or f"results/{study.name}", algos=args.algos)
+        groups[study.name] = [c for c in cells if args.horizon is None or c.horizon == args.horizon]
+    print(compare_studies(groups, args.out))
 
 
 def main(argv=None):
     args = parse_args(argv)
+    if args.compare is not None:
+        return compare(args)
     study = load_study(args.study)
     root = Path(args.out or f"results/{args.study}")
     if args.list:

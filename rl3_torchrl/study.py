@@ -44,6 +44,7 @@ __all__ = [
     "Cell",
     "EVAL_SEED",
     "aggregate_cells",
+    "compare_studies",
     "evaluate_study",
     "frames_to_reach",
     "git_revision",
@@ -637,3 +638,68 @@ def write_manifest(study: DictConfig, root, *, command: str, wall_s: float) -> P
     path = root / "MANIFEST"
     path.write_text("\n".join(lines) + "\n")
     return path
+
+
+def _per_frames(cells: Sequence[Cell], key: str) -> dict[int, list[float]]:
+    """Each logged value of ``key`` by frames, over the cells (seeds) that logged it."""
+    from rl3_torchrl.plotting import read_scalars
+
+    by_frames: dict[int, list[float]] = {}
+    for cell in cells:
+        cfg = cell.config()
+        try:
+            steps, values = read_scalars(cell.output_dir / "logs" / cfg.logger.exp_name).get(key, ([], []))
+        except FileNotFoundError:
+            continue
+        for step, value in zip(steps, values):
+            by_frames.setdefault(step * cfg.num_envs * cell.horizon, []).append(value)
+    return by_frames
+
+
+def compare_studies(groups: dict[str, Sequence[Cell]], out, *, min_seeds: int = 2) -> str:
+    """Compare groups of cells that differ in one setting (an ablation: one study per setting) at equal frames.
+
+    Writes ``comparison.md`` (the held-out return and the policy's entropy of every group, mean ± SE over the
+    seeds that reached those frames, at each number of frames that every group reached with ``min_seeds`` seeds)
+    and ``comparison.png`` (learning curves against frames) under ``out``; returns the table. Cells killed before
+    their last iteration count up to their last logged evaluation.
+
+    Examples:
+        >>> import tempfile
+        >>> cells = study_cells(load_study("cpu"), tempfile.mkdtemp(), algos=["rl2"])
+        >>> print(compare_studies({"no logs": cells}, tempfile.mkdtemp()).splitlines()[-1])
+        No number of frames was reached by every group with 2 seeds.
+    """
+    from rl3_torchrl.plotting import plot_learning_curves
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    returns = {label: _per_frames(cells, "eval_normalized_return") for label, cells in groups.items()}
+    entropy = {label: _per_frames(cells, "entropy") for label, cells in groups.items()}
+    curves = {}
+    for label, series in returns.items():
+        points = [(f, _seed_stats(v)) for f, v in sorted(series.items()) if len(v) >= min_seeds]
+        if points:
+            curves[label] = ([f for f, _ in points], [m for _, (m, _) in points], [e for _, (_, e) in points])
+    if curves:
+        plot_learning_curves(curves).savefig(out / "comparison.png", dpi=120)
+    common = sorted(set.intersection(*(
+        {f for f, v in series.items() if len(v) >= min_seeds} for series in returns.values())))
+    lines = ["# Held-out oracle-normalised return (and policy entropy, nats) at equal frames", "",
+             f"Mean ± SE over the seeds that reached those frames (seeds in brackets; groups need ≥ {min_seeds}).", ""]
+    if not common:
+        lines.append(f"No number of frames was reached by every group with {min_seeds} seeds.")
+        return "\n".join(lines)
+    shown = common if len(common) <= 6 else [common[round(i * (len(common) - 1) / 5)] for i in range(6)]
+    lines += ["| group | " + " | ".join(f"{f / 1e6:.2f}M frames" for f in shown) + " |",
+              "|---|" + "---|" * len(shown)]
+    for label in groups:
+        row = []
+        for f in shown:
+            (m, e), n = _seed_stats(returns[label][f]), len(returns[label][f])
+            ent = entropy[label].get(f)
+            row.append(f"{_fmt(m, e)} [{n}]" + (f" (entropy {_seed_stats(ent)[0]:.2f})" if ent else ""))
+        lines.append(f"| {label} | " + " | ".join(row) + " |")
+    text = "\n".join(lines) + "\n"
+    (out / "comparison.md").write_text(text)
+    return text

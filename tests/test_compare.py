@@ -1,0 +1,42 @@
+"""Comparing studies at equal frames (``recipes/study.py --compare``) on the committed ablation's logs."""
+import csv
+import math
+from pathlib import Path
+
+import pytest
+
+from rl3_torchrl.study import compare_studies, load_study, study_cells
+
+ROOT = Path(__file__).resolve().parents[1]
+ABLATION = ROOT / "rl3_torchrl/configs/studies/ablation"
+
+
+def _read(path: Path) -> dict[int, float]:
+    with open(path) as f:
+        return {int(float(step)): float(value) for step, value in csv.reader(f)}
+
+
+def test_compare_studies_averages_the_seeds_that_reached_each_frame_count(tmp_path):
+    groups = {}
+    for variant in ("base", "batch_128"):
+        study = load_study(str(ABLATION / f"{variant}.yaml"))
+        groups[variant] = study_cells(study, ROOT / "results/ablation" / variant)
+    if not all((c.output_dir / "logs").exists() for cells in groups.values() for c in cells):
+        pytest.skip("the ablation's logs are not in this checkout")
+    table = compare_studies(groups, tmp_path)
+    assert (tmp_path / "comparison.png").exists() and (tmp_path / "comparison.md").read_text() == table
+    # brute force: 1.6M frames is iteration 500 of the 32-env base and iteration 125 of the 128-env variant
+    expected = {}
+    for variant, iteration in (("base", 500), ("batch_128", 125)):
+        values = []
+        for cell in groups[variant]:
+            log = cell.output_dir / "logs" / "random_mdp_rl2" / "scalars" / "eval_normalized_return.csv"
+            values += [v for step, v in _read(log).items() if step == iteration]
+        mean = sum(values) / len(values)
+        se = math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1) / len(values))
+        expected[variant] = f"{mean:.3f} ± {se:.3f} [{len(values)}]"
+    header = table.splitlines()[4].split(" | ")
+    column = header.index("1.60M frames")
+    for line in table.splitlines()[6:]:
+        cells = line.strip("| ").split(" | ")
+        assert cells[column].startswith(expected[cells[0]])
