@@ -154,6 +154,7 @@ class Trainer:
             critic_coeff=ppo.critic_coeff,
             loss_critic_type=ppo.loss_critic_type,
             normalize_advantage=True,
+            functional=False,  # the modules' own parameters: the same losses, without swapping them in per call
         )
         # the stock call: one causal pass of the critic over each meta-episode and its last next step (shifted=True)
         self.gae = GAE(gamma=ppo.gamma, lmbda=ppo.lmbda, value_network=self.critic, shifted=True, device=self.device)
