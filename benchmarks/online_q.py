@@ -30,10 +30,12 @@ from rl3_torchrl.transforms import MetaRLInputs, OnlineQEstimator
 TARGETS = {"mdp B=64": 50e3, "mdp B=1024": 300e3, "grid13 B=96": 20e3}
 
 
-def run_meta_episode(env, steps, sweeps=None, sizes=None):
+def run_meta_episode(env, steps, sweeps=None, sizes=None, work=None):
     """Reset, then ``steps`` random steps; returns env-steps per second.
 
-    With ``sweeps`` (a list), appends the VI sweeps of every row at every step; with ``sizes`` (a list), appends the
+    With ``sweeps`` (a list), appends the VI sweeps of every row at every step, and to ``work`` (a list) their
+    value-iteration work (sweeps × (edges + known states × actions), the entries one sweep of the sparse backup
+    visits); with ``sizes`` (a list), appends the
     mean known states, edges, share of untried (state, action) pairs and value per row just before the final step's
     reset.
     """
@@ -46,6 +48,9 @@ def run_meta_episode(env, steps, sweeps=None, sizes=None):
         _, td = env.step_and_maybe_reset(td)
         if sweeps is not None and estimator is not None:
             sweeps.append(estimator.sweeps.clone())
+            if hasattr(estimator.model, "n_edges"):  # a sweep of the sparse backup visits every edge and (s, a)
+                model = estimator.model
+                work.append(estimator.sweeps * (model.n_edges + model.n_known * A))
     elapsed = time.perf_counter() - start
     model = None if estimator is None else estimator.model
     if sizes is not None and hasattr(model, "n_edges"):
@@ -64,15 +69,17 @@ def pipelines(base, preset, **estimator_kwargs):
     return rl2, rl3
 
 
-def describe_sweeps(sweeps):
+def describe_sweeps(sweeps, work):
     per_row = torch.stack(sweeps).flatten().float()
+    entries = torch.stack(work).flatten().float()
     per_step = torch.stack(sweeps).amax(1).float()
     q = torch.tensor([0.5, 0.9, 0.99, 1.0])
     rq, sq = per_row.quantile(q).tolist(), per_step.quantile(q).tolist()
     fmt = "p50 {:.0f} / p90 {:.0f} / p99 {:.0f} / max {:.0f}"
     return (
         f"    VI sweeps per row-step: mean {per_row.mean():.2f}, {fmt.format(*rq)}\n"
-        f"    VI sweeps per step (slowest row): mean {per_step.mean():.2f}, {fmt.format(*sq)}"
+        f"    VI sweeps per step (slowest row): mean {per_step.mean():.2f}, {fmt.format(*sq)}\n"
+        f"    VI work per row-step (sweeps × (edges + known states × actions)): mean {entries.mean():.0f}"
     )
 
 
@@ -111,10 +118,10 @@ def main():
         rl2, rl3 = pipelines(base, preset, **kwargs)
         steps = base.horizon
         run_meta_episode(rl2, min(steps, 20)), run_meta_episode(rl3, min(steps, 20))  # warm-up
-        fast, slow, sweeps, sizes = [], [], [], []
+        fast, slow, sweeps, sizes, work = [], [], [], [], []
         for _ in range(repeats):
             fast.append(run_meta_episode(rl2, steps))
-            slow.append(run_meta_episode(rl3, steps - 1, sweeps, sizes))
+            slow.append(run_meta_episode(rl3, steps - 1, sweeps, sizes, work))
         results[name] = statistics.median(slow)
         target = TARGETS.get(name)
         verdict = ""
@@ -126,7 +133,7 @@ def main():
             f"RL³/RL² {statistics.median(slow) / statistics.median(fast):.3f}{verdict}"
         )
         if preset.startswith("gridworld") and kwargs.get("max_sweeps") is None:
-            print(describe_sweeps(sweeps))
+            print(describe_sweeps(sweeps, work))
             known, edges, untried, value = map(statistics.mean, zip(*sizes))
             print(f"    model at the end of a meta-episode: {known:.1f} known states, {edges:.1f} distinct "
                   f"transitions, {untried:.0%} untried pairs, mean V {value:.1f} per row")  # fmt: skip
