@@ -124,3 +124,18 @@ def test_by_hand_composition_with_one_hot_actions_and_the_recipe(tmp_path):
     assert {(r["method"], r["task"]) for r in rows} == {
         (m, t) for m in ("random", "greedy_q") for t in ("frozenlake_4x4", "frozenlake_4x4_holes")
     }
+
+
+def test_a_killed_gym_task_run_resumes_to_the_uninterrupted_run(tmp_path):
+    # the slippery dynamics come from each row's Gymnasium np_random: the checkpoint carries them (ToyTextSampler)
+    from rl3_torchrl.training import Trainer, load_config
+
+    def config(run, *extra):
+        return load_config(["env=frozenlake_4x4", *TINY_RUN, "horizon=12", "iterations=3", "checkpoint.every=1",
+                            "eval.every=0", f"output_dir={tmp_path / run}", *extra])  # fmt: skip
+
+    full = Trainer(config("full")).train()
+    Trainer(config("killed", "iterations=1")).train()  # the same run, stopped after its first checkpoint
+    resumed = Trainer(config("killed", "checkpoint.resume=true")).train()
+    assert [r["return"] for r in resumed] == [r["return"] for r in full[1:]]
+    assert [r["loss_critic"] for r in resumed] == [r["loss_critic"] for r in full[1:]]

@@ -230,6 +230,17 @@ class ToyTextSampler:
         for row in mask.nonzero().flatten().tolist():  # Gymnasium envs are rebuilt one by one
             self.rows[row].set_task(self.family.sample(generator))
 
+    def rng_state(self) -> list:
+        """The rows' Gymnasium dynamics streams (``np_random`` states), for :meth:`TrialEnv.rng_state`."""
+        return [row.env.unwrapped.np_random.bit_generator.state for row in self.rows]
+
+    def set_rng_state(self, states: list) -> None:
+        """Restore the streams of :meth:`rng_state`."""
+        if len(states) != len(self.rows):
+            raise ValueError(f"got dynamics states of {len(states)} rows for a sampler of {len(self.rows)} rows.")
+        for row, state in zip(self.rows, states):
+            row.env.unwrapped.np_random.bit_generator.state = state
+
     def task_mdp(self) -> dict:
         models = [toy_text_model(self.family, row.task) for row in self.rows]
         return {key: torch.stack([model[key] for model in models]) for key in models[0]}

@@ -67,7 +67,9 @@ class TrialEnv(EnvBase):
             parameters that is passed to the env's reset (for envs that read their task from the reset data, e.g.
             across ``ParallelEnv`` processes). If it has a ``task_mdp()`` method (the exact tabular model of the
             current tasks: ``transition``, ``reward``, ``terminal``, ``start_state``), :meth:`task_mdp` and the
-            oracle of :func:`~rl3_torchrl.envs.oracle_return` work; ``n_states`` is read from it too.
+            oracle of :func:`~rl3_torchrl.envs.oracle_return` work; ``n_states`` is read from it too. If it has
+            ``rng_state()`` and ``set_rng_state(state)`` (the wrapped env's dynamics streams), checkpoints save them
+            and a resumed run repeats the uninterrupted one exactly.
             ``None``: the task never changes (each meta-episode is a fresh start of the same env).
 
     Keyword Args:
@@ -188,12 +190,19 @@ class TrialEnv(EnvBase):
         self.env.set_seed(stream_seed(seed, self.split, "dynamics"))
 
     def rng_state(self) -> dict:
-        """The state of the task stream (for checkpoints; the env's own dynamics stream is not included)."""
-        return {"tasks": self._task_rng.get_state()}
+        """The random streams, for checkpoints: the task stream, and the wrapped env's dynamics stream where the task
+        sampler can give it (its own ``rng_state()`` method, as :class:`~rl3_torchrl.envs.ToyTextSampler` has for
+        its in-process Gymnasium rows; otherwise a resumed run's dynamics differ from an uninterrupted run's)."""
+        state = {"tasks": self._task_rng.get_state()}
+        if hasattr(self.task_sampler, "rng_state"):
+            state["dynamics"] = self.task_sampler.rng_state()
+        return state
 
     def set_rng_state(self, state: dict) -> None:
-        """Restore the task stream saved by :meth:`rng_state`."""
+        """Restore the streams saved by :meth:`rng_state`."""
         self._task_rng.set_state(state["tasks"])
+        if "dynamics" in state:
+            self.task_sampler.set_rng_state(state["dynamics"])
 
     # ------------------------------------------------------------------ EnvBase
     def _inner_reset(self, mask: torch.Tensor, extra: TensorDictBase | None = None) -> TensorDictBase:
