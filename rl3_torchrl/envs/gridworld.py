@@ -70,7 +70,7 @@ class GridworldEnv(MetaTaskEnv):
     #: the area (121 → 49 cells: 11 → 4 obstacles, 5 → 2 water, 2 → 1 danger), the goal distance and the acceptance
     #: DP's horizon with the side (8 → 5, i.e. about the same quarter of the cells far enough; 100 → 64), the
     #: acceptance window's lower end with the side (the paper's 50 steps of slack below 100 → 32) and ``H``
-    #: (250 → 100) with the area, which leaves room for about 14 inner episodes of an optimal agent.
+    #: (250 → 100) with the area, which leaves room for about 13 inner episodes of an optimal agent.
     PRESETS = {
         "7x7": {
             "size": 7,
