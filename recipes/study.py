@@ -40,7 +40,7 @@ def parse_args(argv=None):
                         help=f"a named study ({', '.join(named_studies())}) or the path of a study YAML file")
     parser.add_argument("--stage", nargs="+", choices=STAGES, default=list(STAGES))
     parser.add_argument("--workers", type=int, default=1, help="cells trained or evaluated at once (one process each)")
-    parser.add_argument("--algos", nargs="+", default=None, help="train only these algorithms' cells")
+    parser.add_argument("--algos", nargs="+", default=None, help="train (or compare) only these algorithms' cells")
     parser.add_argument("--num-tasks", type=int, default=None, help="held-out tasks (default: the study's)")
     parser.add_argument("--device", default="cpu", help="device of the evaluation")
     parser.add_argument("--out", default=None, help="results folder (default results/<study>)")

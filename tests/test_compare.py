@@ -40,3 +40,17 @@ def test_compare_studies_averages_the_seeds_that_reached_each_frame_count(tmp_pa
     for line in table.splitlines()[6:]:
         cells = line.strip("| ").split(" | ")
         assert cells[column].startswith(expected[cells[0]])
+
+
+def test_the_study_recipe_compares_and_names_what_it_needs(tmp_path, capsys):
+    from _shared import load_recipe
+
+    study = load_recipe("study")
+    entry = f"{ABLATION / 'one_layer.yaml'}:{ROOT / 'results/ablation/one_layer'}"
+    with pytest.raises(SystemExit):
+        study.main(["--compare", entry])  # no --out
+    assert "--compare needs --out" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        study.main(["cpu", "--compare", entry, "--out", str(tmp_path)])  # a study and --compare
+    study.main(["--compare", entry, "--algos", "rl2", "--horizon", "100", "--out", str(tmp_path)])
+    assert "| one_layer |" in (tmp_path / "comparison.md").read_text()
