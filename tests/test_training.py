@@ -278,19 +278,23 @@ def test_default_config_learns_beyond_random(tmp_path, algo, iterations, margin)
 
 
 @pytest.mark.slow
-def test_scaled_rewards_keep_gridworld_rl2_above_random(tmp_path):
-    """Unscaled, 150 iterations on 11×11 grids collapsed to noop on warning tiles (≈ −1 290 against the random
-    policy's ≈ −555); with ``ppo.reward_scale=0.01`` the policy must beat the random policy on held-out grids."""
-    from rl3_torchrl.evaluation import evaluate_baseline
+def test_scaled_rewards_let_rl3_reach_goals_on_7x7_grids(tmp_path):
+    """A cell of the ``grids`` study (RL³, seed 0, ``ppo.reward_scale=0.01``, 600 iterations): the policy beats doing
+    nothing (noop's return is −H: every move costs at least noop's −1) and reaches the goal in far more inner
+    episodes than the random policy. Beating the random policy's return is not enough on grids: a noop policy does
+    (docs/results.rst, "Why the 11×11 runs collapsed")."""
+    from rl3_torchrl.evaluation import evaluate_actor, evaluate_baseline
 
     cfg = load_config(
-        ["env=gridworld_11x11", "horizon=null", "algo=rl2", "iterations=150", "ppo.lr=0.0005",
-         "ppo.entropy_coeff=0.04", "ppo.entropy_schedule=constant", "ppo.reward_scale=0.01", "eval.every=150",
-         "progress=false", f"output_dir={tmp_path}"]
+        ["env=gridworld_7x7", "algo=rl3", "horizon=100", "num_envs=32", "iterations=600", "ppo.reward_scale=0.01",
+         "eval.every=0", "progress=false", f"output_dir={tmp_path}"]
     )  # fmt: skip
-    final = Trainer(cfg).train()[-1]
-    random = evaluate_baseline("random", cfg.env, num_tasks=cfg.eval.num_tasks, seed=cfg.seed)
-    assert final["eval_return"] > random["return_mean"] + 3 * random["return_stderr"]
+    trainer = Trainer(cfg)
+    trainer.train()
+    learned = evaluate_actor(trainer.actor, cfg.env, cfg.algo, num_tasks=128, horizon=100, seed=cfg.seed)
+    random = evaluate_baseline("random", cfg.env, horizon=100, num_tasks=128, seed=cfg.seed)
+    assert learned["return_mean"] - 3 * learned["return_stderr"] > -cfg.horizon
+    assert learned["goal_rate"] > random["goal_rate"] + 0.2
 
 
 def test_missing_logger_package_is_named(tmp_path):
