@@ -155,6 +155,7 @@ class Trainer:
             loss_critic_type=ppo.loss_critic_type,
             normalize_advantage=True,
             functional=False,  # the modules' own parameters: the same losses, without swapping them in per call
+            log_explained_variance=False,  # per time step across a minibatch's episodes: see explained_variance
         )
         # the stock call: one causal pass of the critic over each meta-episode and its last next step (shifted=True)
         self.gae = GAE(gamma=ppo.gamma, lmbda=ppo.lmbda, value_network=self.critic, shifted=True, device=self.device)
@@ -512,8 +513,8 @@ class Trainer:
     def end_iteration(self, data, stats: dict) -> dict:
         """Finish the iteration of ``data`` after its update; returns its logged row.
 
-        Sends the new weights to the collector, adds to ``stats`` the training return, ``frames`` (collected so
-        far), the throughput, the entropy coefficient and the time of each phase, evaluates on held-out tasks every
+        Sends the new weights to the collector, adds to ``stats`` the training return, the critic's
+        :func:`explained_variance` on the batch (before the update), ``frames`` (collected so far), the throughput, the entropy coefficient and the time of each phase, evaluates on held-out tasks every
         ``eval.every`` iterations, logs every value at step ``iteration``, writes the checkpoint every
         ``checkpoint.every`` iterations and, with ``checkpoint.keep_best``, ``checkpoint_best.pt`` whenever the
         held-out return improves (see :meth:`run`'s example).
@@ -531,6 +532,8 @@ class Trainer:
         row.update(
             {
                 "return": float(data["next", "reward"].sum(-2).mean()),
+                **({"explained_variance": explained_variance(data["state_value"], data["value_target"])}
+                   if "value_target" in data.keys() else {}),
                 "frames": (self.iteration + 1) * self.frames_per_batch,
                 "frames_per_s": self.frames_per_batch / (end - self._started),
                 "entropy_coeff": self.entropy_coeff(self.iteration),
@@ -669,8 +672,25 @@ LOSS_STATS = (
     "entropy",
     "kl_approx",
     "clip_fraction",
-    "explained_variance",
 )
+
+
+def explained_variance(values: torch.Tensor, targets: torch.Tensor) -> float:
+    """``1 − Var(targets − values) / Var(targets)`` over every element: how much of the variance of the value
+    targets the critic's values explain (1: all, 0: no better than their mean, negative: worse).
+
+    The :class:`Trainer` logs it per iteration over the whole ``[num_envs, H]`` batch, with the critic's values and
+    the GAE targets of that batch (before the iteration's update). ``ClipPPOLoss``'s own statistic is turned off:
+    it takes the variance over the first dim only, i.e. per time step across the few episodes of a minibatch.
+
+    Examples:
+        >>> t = torch.tensor([1.0, 2.0, 3.0, 4.0])
+        >>> explained_variance(t, t), explained_variance(torch.full_like(t, 2.5), t)
+        (1.0, 0.0)
+    """
+    targets = targets.detach().float()
+    total = targets.var(correction=0)
+    return float(1.0 - (targets - values.detach().float()).var(correction=0) / total.clamp_min(torch.finfo().eps))
 
 
 def _log_sizes(state: dict, output_dir: Path) -> dict[Path, int]:

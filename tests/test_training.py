@@ -1,6 +1,7 @@
 """The PPO recipe end to end: every algo × env, logs/plots/checkpoints, kill-and-resume, bad input."""
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -475,3 +476,16 @@ def test_an_actor_without_learned_positions_acts_past_its_trained_horizon(tmp_pa
     assert torch.isfinite(torch.tensor(result["return_mean"]))
     with pytest.raises(ValueError, match=r"model.positions='rotary' is not allowed; choose one of \['learned', 'none'\]"):
         load_config(["model.positions=rotary"])
+
+
+def test_explained_variance_is_logged_over_the_whole_batch(tmp_path):
+    trainer = Trainer(_config(tmp_path, "iterations=1"))
+    with trainer.run() as batches:
+        for data in batches:
+            trainer.advantages(data)
+            values, targets = (data[key].flatten().double().numpy() for key in ("state_value", "value_target"))
+            expected = 1 - np.var(targets - values) / np.var(targets)  # every step of every meta-episode at once
+            row = trainer.end_iteration(data, trainer.update(data))
+    assert row["explained_variance"] == pytest.approx(expected, rel=1e-4, abs=1e-5)
+    logged = (tmp_path / "logs" / "random_mdp_rl3" / "scalars" / "explained_variance.csv").read_text()
+    assert logged.startswith("1,")
