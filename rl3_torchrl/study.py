@@ -537,6 +537,9 @@ def _claims(study, root, agg, base, horizons, in_task, ood_tasks) -> list[str]:
             lines.append(f"5. **RL² learns** (target ≥ +0.1 over the random policy at H = {h}): "
                          f"{a['mean'] - b['normalized_mean']:+.3f} ({_fmt(a['mean'], a['se'])} vs "
                          f"{b['normalized_mean']:.3f})")
+            if _is_gridworld(study):
+                lines.append("   - on grids the random policy is a weak reference: it pays for water, warnings and "
+                             "dangers, and doing nothing (return −H) beats it; see claim 6's returns and goal rates")
     return lines
 
 
