@@ -514,8 +514,9 @@ class Trainer:
         """Finish the iteration of ``data`` after its update; returns its logged row.
 
         Sends the new weights to the collector, adds to ``stats`` the training return, the critic's
-        :func:`explained_variance` on the batch (before the update), ``frames`` (collected so far), the throughput, the entropy coefficient and the time of each phase, evaluates on held-out tasks every
-        ``eval.every`` iterations, logs every value at step ``iteration``, writes the checkpoint every
+        :func:`explained_variance` on the batch (before the update), ``frames`` (collected so far), the throughput,
+        the entropy coefficient and the time of each phase, evaluates on held-out tasks every ``eval.every``
+        iterations, logs every value at step ``iteration``, writes the checkpoint every
         ``checkpoint.every`` iterations and, with ``checkpoint.keep_best``, ``checkpoint_best.pt`` whenever the
         held-out return improves (see :meth:`run`'s example).
         """
