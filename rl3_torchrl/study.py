@@ -273,11 +273,23 @@ def train_study(study: DictConfig, root, *, workers: int = 1, algos: Sequence[st
         total=len(pending), desc=f"{study.name}: training cells"
     ) as bar:
         futures = {pool.submit(train_cell, cell): cell for cell in pending}
-        for future in as_completed(futures):
-            record = future.result()  # a failed cell raises here, with its train.log beside its checkpoint
-            bar.set_postfix(cell=futures[future].name, wall=f"{record['wall_s'] / 60:.0f}min")
-            bar.update()
+        try:
+            for future in as_completed(futures):
+                record = future.result()  # a failed cell raises here, with its train.log beside its checkpoint
+                bar.set_postfix(cell=futures[future].name, wall=f"{record['wall_s'] / 60:.0f}min")
+                bar.update()
+        except BaseException:  # a failed cell or an interrupt (Ctrl-C, SIGINT): stop the whole study now
+            _stop(pool)
+            raise
     return pending
+
+
+def _stop(pool: ProcessPoolExecutor) -> None:
+    """Start no further cell and end the running ones (they resume from their last checkpoint): otherwise leaving
+    the pool would wait for every queued cell to be trained."""
+    pool.shutdown(wait=False, cancel_futures=True)
+    for process in list((getattr(pool, "_processes", None) or {}).values()):  # no public API before Python 3.14
+        process.terminate()
 
 
 def _read_rows(path: Path) -> list[dict]:

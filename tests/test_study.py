@@ -186,3 +186,14 @@ def test_recipe_lists_cells(tmp_path, capsys):
     out = capsys.readouterr().out.splitlines()
     assert len(out) == len(study_cells(load_study("cpu"), tmp_path))
     assert all(" todo " in line and "recipes/ppo_rl3.py" in line for line in out)
+
+
+def test_a_failed_cell_stops_the_study_without_training_the_queued_cells(tmp_path):
+    # H = 4 comes first (cells start in H order) and fails at once (a minibatch larger than its 2 envs); the
+    # H = 6 cells are long enough that, without the stop, the pool would go on to train them
+    study = _tiny_study(iterations=400)
+    study.algos, study.seeds = ["rl2"], [0]
+    study.horizons = {4: {"num_envs": 2, "ppo": {"minibatch_episodes": 3}}, 6: {"num_envs": 2}}
+    with pytest.raises(ValueError, match="minibatch_episodes=3"):
+        train_study(study, tmp_path, workers=1)
+    assert [c.status() for c in study_cells(study, tmp_path)] == ["todo", "todo"]
