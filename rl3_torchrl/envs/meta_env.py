@@ -48,6 +48,30 @@ def stream_seed(seed: int, split: str, stream: str) -> int:
     return (int(hi) << 31) ^ int(lo)
 
 
+def _trial_entries(meta_t, episode_t, horizon: int, episode_length: int | None, inner_done, inner_terminated,
+                  done) -> dict:
+    """The entries every meta-episode env writes beside its observations (:class:`MetaTaskEnv` and
+    :class:`~rl3_torchrl.envs.TrialEnv`): ``meta_step`` (``t / H``), ``episode_step`` (``τ / T``, ``T`` the inner
+    episode limit or ``H``), the inner-episode flags and ``done``/``terminated`` (at ``t = H``, never truncated).
+
+    Examples:
+        >>> flags = torch.tensor([[False], [True]])
+        >>> out = _trial_entries(torch.tensor([2, 4]), torch.tensor([1, 0]), 4, None, flags, flags, flags)
+        >>> out["meta_step"].flatten().tolist(), out["episode_step"].flatten().tolist(), out["truncated"].any().item()
+        ([0.5, 1.0], [0.25, 0.0], False)
+    """
+    episode_norm = horizon if episode_length is None else episode_length
+    return {
+        META_STEP_KEY: (meta_t.to(torch.float32) / horizon).unsqueeze(-1),
+        EPISODE_STEP_KEY: (episode_t.to(torch.float32) / episode_norm).unsqueeze(-1),
+        INNER_DONE_KEY: inner_done,
+        INNER_TERMINATED_KEY: inner_terminated,
+        "done": done,
+        "terminated": done.clone(),
+        "truncated": torch.zeros_like(done),
+    }
+
+
 class MetaTaskEnv(EnvBase):
     """Base class of batched meta-RL task families (one task per batch row).
 
@@ -248,19 +272,13 @@ class MetaTaskEnv(EnvBase):
         return reached, reward, inner_done, terminal, self._meta_t >= self.horizon
 
     def _output(self, reached, inner_done, inner_terminated, done) -> TensorDict:
-        episode_norm = self.horizon if self.episode_length is None else self.episode_length
         return TensorDict(
             {
                 "observation": self._observe(self._state),
                 STATE_KEY: self._state,
                 REACHED_STATE_KEY: reached,
-                META_STEP_KEY: (self._meta_t.to(torch.float32) / self.horizon).unsqueeze(-1),
-                EPISODE_STEP_KEY: (self._episode_t.to(torch.float32) / episode_norm).unsqueeze(-1),
-                INNER_DONE_KEY: inner_done,
-                INNER_TERMINATED_KEY: inner_terminated,
-                "done": done,
-                "terminated": done.clone(),
-                "truncated": torch.zeros_like(done),
+                **_trial_entries(self._meta_t, self._episode_t, self.horizon, self.episode_length, inner_done,
+                                inner_terminated, done),
             },
             batch_size=self.batch_size,
             device=self.device,

@@ -22,6 +22,7 @@ from rl3_torchrl.envs.meta_env import (
     MAX_SEED,
     META_STEP_KEY,
     SPLITS,
+    _trial_entries,
     stream_seed,
 )
 
@@ -276,21 +277,11 @@ class TrialEnv(EnvBase):
                 )
 
     def _output(self, observed, reached, inner_done, inner_terminated, done) -> TensorDictBase:
-        episode_norm = self.horizon if self.episode_length is None else self.episode_length
         out = observed.clone(False)
         for key in self.reached_keys:
             out.set(reached_key(key), reached[key])
-        out.update(
-            {
-                META_STEP_KEY: (self._meta_t.to(torch.float32) / self.horizon).unsqueeze(-1),
-                EPISODE_STEP_KEY: (self._episode_t.to(torch.float32) / episode_norm).unsqueeze(-1),
-                INNER_DONE_KEY: inner_done,
-                INNER_TERMINATED_KEY: inner_terminated,
-                "done": done,
-                "terminated": done.clone(),
-                "truncated": torch.zeros_like(done),
-            }
-        )
+        out.update(_trial_entries(self._meta_t, self._episode_t, self.horizon, self.episode_length, inner_done,
+                                 inner_terminated, done))
         return out
 
     # ------------------------------------------------------------------ inspection
