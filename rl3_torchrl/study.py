@@ -687,6 +687,10 @@ def compare_studies(groups: dict[str, Sequence[Cell]], out, *, min_seeds: int = 
     """
     from rl3_torchrl.plotting import plot_learning_curves
 
+    empty = [label for label, cells in groups.items() if not cells]
+    if not groups or empty:
+        raise ValueError(f"compare_studies needs at least one group, each with cells; got groups={list(groups)}, "
+                         f"empty: {empty} (check the algos and horizon the cells were selected with).")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     returns = {label: _per_frames(cells, "eval_normalized_return") for label, cells in groups.items()}

@@ -54,3 +54,10 @@ def test_the_study_recipe_compares_and_names_what_it_needs(tmp_path, capsys):
         study.main(["cpu", "--compare", entry, "--out", str(tmp_path)])  # a study and --compare
     study.main(["--compare", entry, "--algos", "rl2", "--horizon", "100", "--out", str(tmp_path)])
     assert "| one_layer |" in (tmp_path / "comparison.md").read_text()
+
+
+def test_compare_studies_names_an_empty_selection(tmp_path):
+    with pytest.raises(ValueError, match=r"empty: \['one_layer'\]"):
+        compare_studies({"one_layer": []}, tmp_path)
+    with pytest.raises(ValueError, match="at least one group"):
+        compare_studies({}, tmp_path)
