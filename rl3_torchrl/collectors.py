@@ -74,13 +74,21 @@ class MetaEnvFactory:
     seed: int = 0
     device: str = "cpu"
     num_threads: int | None = None
+    prev_observation: bool = False
 
     def __call__(self):
         if self.num_threads is not None:
             torch.set_num_threads(self.num_threads)
         torch.manual_seed(self.seed)
         return make_meta_env(
-            self.task, self.algo, self.num_envs, horizon=self.horizon, seed=self.seed, split="train", device=self.device
+            self.task,
+            self.algo,
+            self.num_envs,
+            horizon=self.horizon,
+            seed=self.seed,
+            split="train",
+            device=self.device,
+            prev_observation=self.prev_observation,
         )
 
 

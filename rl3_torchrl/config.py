@@ -153,6 +153,7 @@ _SCHEMA = {
     "model.ffn_dim": _integer(low=1),
     "model.dropout": _real(low=0.0, high=0.99),
     "model.positions": _one_of(POSITIONS),
+    "model.prev_observation": _flag,
     "ppo.epochs": _integer(low=1),
     "ppo.minibatch_episodes": _integer(low=1),
     "ppo.clip_epsilon": _real(low=0.0, low_inclusive=False),

@@ -230,6 +230,7 @@ def evaluate(
     device=None,
     write_q_values: bool = False,
     q_overrides: dict | None = None,
+    prev_observation: bool = False,
     max_inner_episodes: int = 0,
 ) -> dict:
     """Evaluate a policy on ``num_tasks`` held-out tasks of ``task``.
@@ -245,7 +246,7 @@ def evaluate(
         seed (int): the seed of the test task stream (the same for every method).
         split (str): ``"test"`` (held-out tasks, the default) or ``"train"`` (for tuning hyper-parameters).
         greedy (bool): deterministic actions of learned policies (their distribution's mode).
-        write_q_values, q_overrides: passed to :func:`~rl3_torchrl.tasks.make_meta_env`.
+        write_q_values, q_overrides, prev_observation: passed to :func:`~rl3_torchrl.tasks.make_meta_env`.
         max_inner_episodes (int): columns of the per-inner-episode curve (0: none).
 
     Returns:
@@ -271,6 +272,7 @@ def evaluate(
         device=device,
         write_q_values=write_q_values,
         q_overrides=q_overrides,
+        prev_observation=prev_observation,
     )
     goal_reward = ENTRY_REWARDS[GOAL] if isinstance(env.base_env, GridworldEnv) else None
     returns, normalized, oracles, curves, goals = [], [], [], [], []
@@ -371,6 +373,8 @@ def evaluate_baseline(name: str, task: str, *, params: dict | None = None, **kwa
 def evaluate_actor(actor, task: str, algo: str, **kwargs) -> dict:
     """:func:`evaluate` a learned actor (its KV cache is cleared by the reset, through ``is_init``).
 
+    The env writes ``prev_observation`` when the actor reads it (``model.prev_observation`` of the recipes).
+
     Examples:
         >>> from rl3_torchrl.modules import make_actor_critic
         >>> actor, _ = make_actor_critic(make_meta_env("bandit", "rl3", 1, horizon=5), "rl3", d_model=8,
@@ -378,6 +382,7 @@ def evaluate_actor(actor, task: str, algo: str, **kwargs) -> dict:
         >>> evaluate_actor(actor, "bandit", "rl3", horizon=5, num_tasks=3)["num_tasks"]
         3
     """
+    kwargs.setdefault("prev_observation", "prev_observation" in getattr(actor, "in_keys", ()))
     return evaluate(lambda env: actor, task, algo, **kwargs)
 
 

@@ -198,6 +198,7 @@ def make_meta_env(
     *,
     write_q_values: bool = False,
     q_overrides: dict | None = None,
+    prev_observation: bool = False,
     **env_kwargs,
 ) -> TransformedEnv:
     """The env of a task wrapped in the input transforms of an algorithm.
@@ -210,6 +211,8 @@ def make_meta_env(
     Keyword Args:
         write_q_values (bool): RL³ only: also write the raw ``q_values`` (for tabular baseline policies).
         q_overrides (dict, optional): RL³ only: arguments overriding the Q estimator's preset.
+        prev_observation (bool): also write ``prev_observation``, the observation of the step before
+            (:class:`~rl3_torchrl.transforms.MetaRLInputs`' ``observation_key``).
         **env_kwargs: passed to :func:`make_task_env` (``horizon``, ``seed``, ``split``, ``device``, …); ``None``
             values keep the preset's.
 
@@ -221,7 +224,7 @@ def make_meta_env(
     """
     algorithm = ALGORITHMS[check_choice("algo", algo, ALGORITHMS)]
     spec = TASKS[check_choice("task", task, TASKS)]
-    transforms = [MetaRLInputs()]
+    transforms = [MetaRLInputs(observation_key="observation" if prev_observation else None)]
     if not algorithm.q_estimator:
         if write_q_values or q_overrides:
             allowed = " or ".join(repr(name) for name, a in ALGORITHMS.items() if a.q_estimator)

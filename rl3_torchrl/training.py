@@ -72,7 +72,7 @@ from rl3_torchrl.checkpoint import (
     temporary_files,
 )
 from rl3_torchrl.collectors import MetaEnvFactory, fold_workers, make_collector, worker_seed
-from rl3_torchrl.modules import make_actor_critic
+from rl3_torchrl.modules import INPUT_KEYS, make_actor_critic
 from rl3_torchrl.modules.transformer import MetaCausalTransformer, MetaTransformerModule
 from rl3_torchrl.tasks import ALGORITHMS, TASKS, make_meta_env, task_family
 
@@ -134,13 +134,18 @@ class Trainer:
         self.checkpoint_path = self.output_dir / CHECKPOINT_NAME
         self.best_checkpoint_path = self.output_dir / BEST_CHECKPOINT_NAME
         self._check_output_dir()
-        factory = MetaEnvFactory(cfg.env, cfg.algo, cfg.num_envs, horizon=cfg.horizon, seed=cfg.seed, device=cfg.device)
+        factory = MetaEnvFactory(
+            cfg.env,
+            cfg.algo,
+            cfg.num_envs,
+            horizon=cfg.horizon,
+            seed=cfg.seed,
+            device=cfg.device,
+            prev_observation=cfg.model.prev_observation,
+        )
         self.env = factory()
         self.horizon = self.env.base_env.horizon
-        model = OmegaConf.to_container(cfg.model, resolve=True)
-        self.actor, self.critic = make_actor_critic(
-            self.env, ALGORITHMS[cfg.algo].model_inputs, device=self.device, **model
-        )
+        self.actor, self.critic = actor_critic_from_config(self.env, cfg, self.device)
         if cfg.compile.enabled:
             for module in (*self.actor.modules(), *self.critic.modules()):
                 if isinstance(module, MetaCausalTransformer):
@@ -198,6 +203,7 @@ class Trainer:
                 seed=worker_seed(cfg.seed, w, self.iteration),
                 device=str(self.device),
                 num_threads=cfg.collector.threads_per_worker,
+                prev_observation=cfg.model.prev_observation,
             )
             for w in range(workers)
         ]
@@ -622,6 +628,24 @@ class ActorKLStop:
         return total
 
 
+def actor_critic_from_config(env, cfg: DictConfig, device, **sizes):
+    """The actor and critic of a run's configuration: ``algo``'s input layout (plus ``prev_observation`` with
+    ``model.prev_observation``) and the ``model`` sizes, with ``sizes`` overriding them.
+
+    Examples:
+        >>> cfg = load_config(["model.prev_observation=true"])
+        >>> env = make_meta_env(cfg.env, cfg.algo, 2, horizon=8, prev_observation=True)
+        >>> actor, critic = actor_critic_from_config(env, cfg, "cpu")
+        >>> "prev_observation" in actor.in_keys
+        True
+    """
+    model = OmegaConf.to_container(cfg.model, resolve=True)
+    keys = INPUT_KEYS[ALGORITHMS[cfg.algo].model_inputs]
+    if model.pop("prev_observation", False):
+        keys = (*keys, "prev_observation")
+    return make_actor_critic(env, keys, device=device, **{**model, **sizes})
+
+
 def make_optimizer(actor, critic, *, lr: float, eps: float, critic_weight_decay: float) -> torch.optim.AdamW:
     """AdamW over the actor's and the critic's parameters with weight decay on the critic's alone (as in the paper).
 
@@ -769,11 +793,13 @@ def load_actor(
             f"checkpoint {str(path)!r} was trained on env={cfg.env!r}; it cannot act on task={task!r} "
             f"(allowed: {task_family(cfg.env)})."
         )
-    env = make_meta_env(cfg.env, cfg.algo, 1, horizon=cfg.horizon, device=device)
-    model = OmegaConf.to_container(cfg.model, resolve=True)
-    if model.get("positions") == "none" and horizon is not None:  # no learned positions: any H fits
-        model["max_len"] = max(env.horizon, check_int("horizon", horizon, low=1)) + 1
-    actor, _ = make_actor_critic(env, ALGORITHMS[cfg.algo].model_inputs, device=device, **model)
+    cfg.model.setdefault("prev_observation", False)  # checkpoints written before the key existed
+    env = make_meta_env(cfg.env, cfg.algo, 1, horizon=cfg.horizon, device=device,
+                        prev_observation=cfg.model.prev_observation)
+    max_len = {}
+    if cfg.model.positions == "none" and horizon is not None:  # no learned positions: any H fits
+        max_len["max_len"] = max(env.horizon, check_int("horizon", horizon, low=1)) + 1
+    actor, _ = actor_critic_from_config(env, cfg, device, **max_len)
     actor.load_state_dict(state["actor"])
     if horizon is not None:
         longest = min(m.max_len for m in actor.modules() if isinstance(m, MetaCausalTransformer)) - 1

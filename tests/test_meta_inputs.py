@@ -58,6 +58,33 @@ def test_one_hot_action_spec_and_specs():
     assert outer.rollout(6, break_when_any_done=False)["first_step"].shape == (2, 3, 6, 1)
 
 
+def test_prev_observation_is_the_observation_one_step_back():
+    env = TransformedEnv(RandomMDPEnv(num_envs=3, horizon=6, seed=0, episode_length=2),
+                         Compose(MetaRLInputs(observation_key="observation"), InitTracker()))  # fmt: skip
+    check_env_specs(env)
+    rollout = env.rollout(14, break_when_any_done=False)  # meta-episode resets after steps 6 and 12
+    # a brute-force loop over rows and steps: the previous step's observation, zeros at a meta-episode start
+    first = rollout["first_step"].squeeze(-1).bool()
+    for row in range(3):
+        for t in range(14):
+            expected = torch.zeros(10) if first[row, t] else rollout["observation"][row, t - 1]
+            torch.testing.assert_close(rollout["prev_observation"][row, t], expected)
+    torch.testing.assert_close(rollout["next", "prev_observation"], rollout["observation"])
+    # inner-episode restarts keep the transition: the state the last action was taken in
+    assert int(first.sum()) == 9 and not (rollout["prev_observation"][~first] == 0).all(-1).any()
+    td = env.reset()
+    td["action"] = torch.tensor([1, 2, 3])
+    _, td = env.step_and_maybe_reset(td)
+    td["_reset"] = torch.tensor([[True], [False], [True]])
+    out = env.reset(td)
+    assert out["prev_observation"][[0, 2]].abs().sum() == 0
+    torch.testing.assert_close(out["prev_observation"][1], td["prev_observation"][1])
+    with pytest.raises(ValueError, match="observation_key='obs' is not in the env's observation_spec"):
+        TransformedEnv(RandomMDPEnv(num_envs=2), MetaRLInputs(observation_key="obs")).observation_spec
+    with pytest.raises(KeyError, match="observation_key='obs'"):
+        TransformedEnv(RandomMDPEnv(num_envs=2), MetaRLInputs(observation_key="obs")).reset()
+
+
 def test_custom_keys():
     env = TransformedEnv(RandomMDPEnv(num_envs=2, horizon=4),
                          MetaRLInputs(prev_action_key="a_prev", prev_reward_key="r_prev", first_step_key="start"))  # fmt: skip

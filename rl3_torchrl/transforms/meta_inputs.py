@@ -1,4 +1,5 @@
-"""The RL² per-step inputs: previous action (one-hot), previous reward and a first-step flag."""
+"""The RL² per-step inputs: previous action (one-hot), previous reward and a first-step flag (optionally the previous
+observation)."""
 from __future__ import annotations
 
 import torch
@@ -18,10 +19,16 @@ class MetaRLInputs(Transform):
     ``first_step = 1``, only in the rows being reset (``_reset`` mask); the other rows keep their values.
     ``A`` is read from the env's action spec, which must be discrete (``Categorical`` or ``OneHot``).
 
+    With ``observation_key`` set it also writes ``prev_observation``: after a step the observation the action was
+    taken on, after a reset zeros (same shape and dtype as the observation). A token then carries a whole transition
+    (s, a, r, s′) instead of the paper's (a, r, s′), so that a model can pair a state with the reward it led to
+    without a second attention step (ours, not the paper's; ``model.prev_observation`` of the recipes).
+
     Keyword Args:
         action_key, reward_key (NestedKey): where the action and the reward are read (``"action"``, ``"reward"``).
-        prev_action_key, prev_reward_key, first_step_key (NestedKey): the keys written (``"prev_action"``,
-            ``"prev_reward"``, ``"first_step"``).
+        observation_key (NestedKey, optional): the observation to repeat one step later (default: none).
+        prev_action_key, prev_reward_key, first_step_key, prev_observation_key (NestedKey): the keys written
+            (``"prev_action"``, ``"prev_reward"``, ``"first_step"``, ``"prev_observation"``).
 
     Examples:
         >>> from torchrl.envs import TransformedEnv
@@ -36,6 +43,11 @@ class MetaRLInputs(Transform):
         ([3, 1], [[0.0], [0.0]])
         >>> bool((nxt["prev_reward"] == nxt["reward"]).all())
         True
+        >>> env = TransformedEnv(RandomMDPEnv(num_envs=2, horizon=4, seed=0), MetaRLInputs(observation_key="observation"))
+        >>> td = env.reset()
+        >>> td["action"] = torch.tensor([3, 1])
+        >>> bool((env.step(td)["next", "prev_observation"] == td["observation"]).all())
+        True
     """
 
     def __init__(
@@ -43,16 +55,20 @@ class MetaRLInputs(Transform):
         *,
         action_key="action",
         reward_key="reward",
+        observation_key=None,
         prev_action_key="prev_action",
         prev_reward_key="prev_reward",
         first_step_key="first_step",
+        prev_observation_key="prev_observation",
     ):
-        super().__init__(in_keys=[], out_keys=[prev_action_key, prev_reward_key, first_step_key])
-        self.action_key, self.reward_key = action_key, reward_key
-        self.prev_action_key, self.prev_reward_key, self.first_step_key = (
+        out_keys = [prev_action_key, prev_reward_key, first_step_key]
+        super().__init__(in_keys=[], out_keys=out_keys + ([prev_observation_key] if observation_key is not None else []))
+        self.action_key, self.reward_key, self.observation_key = action_key, reward_key, observation_key
+        self.prev_action_key, self.prev_reward_key, self.first_step_key, self.prev_observation_key = (
             prev_action_key,
             prev_reward_key,
             first_step_key,
+            prev_observation_key,
         )
 
     def set_container(self, container) -> None:
@@ -81,6 +97,9 @@ class MetaRLInputs(Transform):
         next_tensordict.set(self.prev_action_key, prev_action)
         next_tensordict.set(self.prev_reward_key, reward.to(torch.float32).reshape(*next_tensordict.shape, 1))
         next_tensordict.set(self.first_step_key, torch.zeros_like(prev_action[..., :1]))
+        if self.observation_key is not None:
+            observation = get_key(tensordict, self.observation_key, "observation_key", "MetaRLInputs")
+            next_tensordict.set(self.prev_observation_key, observation.clone())
         return next_tensordict
 
     def _reset(self, tensordict: TensorDictBase, tensordict_reset: TensorDictBase) -> TensorDictBase:
@@ -91,6 +110,9 @@ class MetaRLInputs(Transform):
         tensordict_reset.set(self.prev_action_key, torch.zeros(*tensordict_reset.shape, self.n_actions, device=device))
         tensordict_reset.set(self.prev_reward_key, torch.zeros_like(first))
         tensordict_reset.set(self.first_step_key, first)
+        if self.observation_key is not None:
+            observation = get_key(tensordict_reset, self.observation_key, "observation_key", "MetaRLInputs")
+            tensordict_reset.set(self.prev_observation_key, torch.zeros_like(observation))
         return tensordict_reset
 
     def transform_observation_spec(self, observation_spec):
@@ -100,6 +122,13 @@ class MetaRLInputs(Transform):
         )
         observation_spec[self.prev_reward_key] = Unbounded(shape=(*shape, 1), dtype=torch.float32, device=device)
         observation_spec[self.first_step_key] = Bounded(0.0, 1.0, shape=(*shape, 1), dtype=torch.float32, device=device)
+        if self.observation_key is not None:
+            if self.observation_key not in observation_spec.keys(True):
+                raise ValueError(
+                    f"MetaRLInputs: observation_key={self.observation_key!r} is not in the env's observation_spec; "
+                    f"available: {sorted(map(str, observation_spec.keys(True, True)))}."
+                )
+            observation_spec[self.prev_observation_key] = observation_spec[self.observation_key].clone()
         return observation_spec
 
     def forward(self, tensordict: TensorDictBase) -> TensorDictBase:
