@@ -414,7 +414,7 @@ def test_a_checkpoint_written_before_the_new_keys_resumes(tmp_path):
     _killed_in_iteration(_config(tmp_path / "old", *run), 3)
     path = tmp_path / "old" / "checkpoint.pt"
     state = torch.load(path, weights_only=False)
-    for key in ("ppo.on_nonfinite", "checkpoint.overwrite"):
+    for key in ("ppo.on_nonfinite", "checkpoint.overwrite", "model.prev_observation"):
         del state["config"][key]
     state["config"]["output_dir"] = "/elsewhere/run"
     state["log_sizes"] = {f"/elsewhere/run/{name}": size for name, size in state["log_sizes"].items()}
@@ -476,6 +476,29 @@ def test_an_actor_without_learned_positions_acts_past_its_trained_horizon(tmp_pa
     assert torch.isfinite(torch.tensor(result["return_mean"]))
     with pytest.raises(ValueError, match=r"model.positions='rotary' is not allowed; choose one of \['learned', 'none'\]"):
         load_config(["model.positions=rotary"])
+
+
+def test_transition_tokens_train_resume_and_evaluate(tmp_path):
+    """model.prev_observation=true: the env writes prev_observation, both modules read it, a killed run resumes
+    exactly, and the loaded actor is evaluated on an env that writes it too."""
+    from rl3_torchrl.evaluation import evaluate, evaluate_actor
+
+    run = ["algo=rl2", "model.prev_observation=true"]
+    full = Trainer(_config(tmp_path / "full", *run)).train()
+    _killed_in_iteration(_config(tmp_path / "killed", *run), 4)
+    resumed = Trainer(_config(tmp_path / "killed", *run, "checkpoint.resume=true")).train()
+    assert [r["loss_critic"] for r in resumed] == [r["loss_critic"] for r in full[2:]]
+    trainer = Trainer(_config(tmp_path / "fresh", *run))
+    for module in (trainer.actor, trainer.critic):
+        assert module.in_keys[-2:] == ["prev_observation", "is_init"]
+    actor, cfg = load_actor(tmp_path / "full" / "checkpoint.pt")
+    assert cfg.model.prev_observation and "prev_observation" in actor.in_keys
+    torch.manual_seed(0)
+    result = evaluate_actor(actor, "random_mdp", "rl2", horizon=6, num_tasks=3)
+    torch.manual_seed(0)
+    assert evaluate(lambda env: actor, "random_mdp", "rl2", horizon=6, num_tasks=3, prev_observation=True) == result
+    with pytest.raises(KeyError, match=r"missing input keys \['prev_observation'\]"):
+        evaluate_actor(actor, "random_mdp", "rl2", horizon=6, num_tasks=3, prev_observation=False)
 
 
 def test_explained_variance_is_logged_over_the_whole_batch(tmp_path):
