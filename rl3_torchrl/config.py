@@ -159,6 +159,7 @@ _SCHEMA = {
     "ppo.clip_epsilon": _real(low=0.0, low_inclusive=False),
     "ppo.gamma": _real(low=0.0, high=1.0),
     "ppo.lmbda": _real(low=0.0, high=1.0),
+    "ppo.normalize_advantage": _flag,
     "ppo.reward_scale": _real(low=0.0, high=MAX_REWARD_SCALE, low_inclusive=False),
     "ppo.lr": _real(low=0.0, low_inclusive=False),
     "ppo.adam_eps": _real(low=0.0, low_inclusive=False),

@@ -158,7 +158,7 @@ class Trainer:
             entropy_coeff=ppo.entropy_coeff,
             critic_coeff=ppo.critic_coeff,
             loss_critic_type=ppo.loss_critic_type,
-            normalize_advantage=True,
+            normalize_advantage=ppo.normalize_advantage,
             functional=False,  # the modules' own parameters: the same losses, without swapping them in per call
             log_explained_variance=False,  # per time step across a minibatch's episodes: see explained_variance
         )

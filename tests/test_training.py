@@ -241,6 +241,22 @@ def test_advantages_are_gae_of_the_scaled_rewards(tmp_path, scale):
     torch.testing.assert_close(data["value_target"].squeeze(-1), expected, rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.parametrize("normalize", [True, False])
+def test_normalize_advantage(tmp_path, normalize):
+    """At the weights that collected the batch (ratio 1) the clipped objective is minus the mean advantage: the
+    raw GAE advantage with ppo.normalize_advantage=false, a standardised one (mean 0) with true."""
+    trainer = Trainer(_config(tmp_path, "horizon=12", f"ppo.normalize_advantage={str(normalize).lower()}"))
+    with torch.no_grad():
+        data = trainer.env.rollout(12, trainer.actor, break_when_any_done=False)
+    data.names = [None, "time"]
+    trainer.advantages(data)
+    advantage = data["advantage"]
+    assert abs(float(advantage.mean())) > 1e-2  # the two settings differ on this batch
+    objective = float(trainer.loss(data)["loss_objective"].detach())
+    expected = 0.0 if normalize else -float(advantage.mean())
+    assert objective == pytest.approx(expected, abs=1e-5)
+
+
 def test_rl3_coarse_needs_a_gridworld(tmp_path):
     with pytest.raises(ValueError, match="rl3_coarse.*gridworld"):
         Trainer(_config(tmp_path, "algo=rl3_coarse"))
