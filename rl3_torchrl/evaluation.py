@@ -243,7 +243,8 @@ def evaluate(
     Keyword Args:
         horizon (int, optional): ``H`` (default: the task's).
         num_tasks (int): held-out tasks (default 1000), run ``batch_size`` at a time.
-        seed (int): the seed of the test task stream (the same for every method).
+        seed (int): the seed of the test task stream (the same for every method) and of the actions that learned
+            policies sample (in a forked RNG: the caller's torch RNG is left as it was).
         split (str): ``"test"`` (held-out tasks, the default) or ``"train"`` (for tuning hyper-parameters).
         greedy (bool): deterministic actions of learned policies (their distribution's mode).
         write_q_values, q_overrides, prev_observation: passed to :func:`~rl3_torchrl.tasks.make_meta_env`.
@@ -277,7 +278,9 @@ def evaluate(
     goal_reward = ENTRY_REWARDS[GOAL] if isinstance(env.base_env, GridworldEnv) else None
     returns, normalized, oracles, curves, goals = [], [], [], [], []
     for start in range(0, num_tasks, batch_size):
-        rewards, inner_done, oracle = run_meta_episodes(env, make_policy, greedy=greedy)
+        with torch.random.fork_rng(devices=[env.device] if getattr(env.device, "type", None) == "cuda" else []):
+            torch.manual_seed(seed + start)  # sampled actions: the same for every call, the caller's RNG untouched
+            rewards, inner_done, oracle = run_meta_episodes(env, make_policy, greedy=greedy)
         n = min(batch_size, num_tasks - start)
         total = rewards[:n].sum(1).double()
         returns.append(total)

@@ -509,9 +509,7 @@ def test_transition_tokens_train_resume_and_evaluate(tmp_path):
         assert module.in_keys[-2:] == ["prev_observation", "is_init"]
     actor, cfg = load_actor(tmp_path / "full" / "checkpoint.pt")
     assert cfg.model.prev_observation and "prev_observation" in actor.in_keys
-    torch.manual_seed(0)
     result = evaluate_actor(actor, "random_mdp", "rl2", horizon=6, num_tasks=3)
-    torch.manual_seed(0)
     assert evaluate(lambda env: actor, "random_mdp", "rl2", horizon=6, num_tasks=3, prev_observation=True) == result
     with pytest.raises(KeyError, match=r"missing input keys \['prev_observation'\]"):
         evaluate_actor(actor, "random_mdp", "rl2", horizon=6, num_tasks=3, prev_observation=False)
