@@ -46,7 +46,8 @@ def parse_args(argv=None):
     parser.add_argument("--out", default=None, help="results folder (default results/<study>)")
     parser.add_argument("--list", action="store_true", help="print each cell's status and command, then stop")
     parser.add_argument("--compare", nargs="+", metavar="STUDY[:ROOT]", default=None,
-                        help="compare these studies' learning curves at equal frames (ROOT defaults to "
+                        help="compare these studies' learning curves at equal frames, one group per study (per "
+                             "study and algorithm where --algos selects several; ROOT defaults to "
                              "results/<study>); writes comparison.md and comparison.png into --out")
     parser.add_argument("--horizon", type=int, default=None, help="with --compare: only the cells of this H")
     args = parser.parse_args(argv)
@@ -58,12 +59,19 @@ def parse_args(argv=None):
 
 
 def compare(args) -> None:
-    groups = {}
+    selected = {}
     for entry in args.compare:
         name, _, root = entry.partition(":")
         study = load_study(name)
         cells = study_cells(study, root or f"results/{study.name}", algos=args.algos)
-        groups[study.name] = [c for c in cells if args.horizon is None or c.horizon == args.horizon]
+        selected[study.name] = [c for c in cells if args.horizon is None or c.horizon == args.horizon]
+    # one group per study, or per (study, algorithm) where the selection holds several: seeds of different
+    # algorithms are never pooled
+    several = len({c.algo for cells in selected.values() for c in cells}) > 1
+    groups = {}
+    for name, cells in selected.items():
+        for algo in dict.fromkeys(c.algo for c in cells) if several else [None]:
+            groups[f"{name} {algo}" if several else name] = [c for c in cells if algo in (None, c.algo)]
     print(compare_studies(groups, args.out))
 
 

@@ -61,3 +61,16 @@ def test_compare_studies_names_an_empty_selection(tmp_path):
         compare_studies({"one_layer": []}, tmp_path)
     with pytest.raises(ValueError, match="at least one group"):
         compare_studies({}, tmp_path)
+
+
+def test_several_algorithms_are_compared_per_algorithm_never_pooled(tmp_path):
+    from _shared import load_recipe
+
+    cells = study_cells(load_study("cpu"), ROOT / "results/cpu")
+    if not all((c.output_dir / "logs").exists() for c in cells):
+        pytest.skip("the cpu study's logs are not in this checkout")
+    load_recipe("study").main(["--compare", f"cpu:{ROOT / 'results/cpu'}", "--algos", "rl2", "rl3", "--horizon", "100",
+                               "--out", str(tmp_path)])
+    rows = [line for line in (tmp_path / "comparison.md").read_text().splitlines() if line.startswith("| cpu")]
+    assert [row.split(" | ")[0] for row in rows] == ["| cpu rl2", "| cpu rl3"]
+    assert all(value.split("[")[1].startswith("3]") for row in rows for value in row.split(" | ")[1:])
