@@ -2,6 +2,7 @@
 
     python recipes/study.py cpu --workers 2                 # the CPU study (≤ 6 CPU-hours on 2 cores)
     python recipes/study.py cpu --stage train --algos rl2   # only some stages or algorithms
+    python recipes/study.py cpu --stage train --seeds 0 1   # only some seeds
     python recipes/study.py cpu --stage report              # tables and figures from what is finished
     python recipes/study.py paper --workers 8 --device cuda # the paper's budgets (a GPU machine or a cluster)
     python recipes/study.py cpu --list                      # each cell's status and command
@@ -41,6 +42,7 @@ def parse_args(argv=None):
     parser.add_argument("--stage", nargs="+", choices=STAGES, default=list(STAGES))
     parser.add_argument("--workers", type=int, default=1, help="cells trained or evaluated at once (one process each)")
     parser.add_argument("--algos", nargs="+", default=None, help="train (or compare) only these algorithms' cells")
+    parser.add_argument("--seeds", nargs="+", type=int, default=None, help="train only these seeds' cells")
     parser.add_argument("--num-tasks", type=int, default=None, help="held-out tasks (default: the study's)")
     parser.add_argument("--device", default="cpu", help="device of the evaluation")
     parser.add_argument("--out", default=None, help="results folder (default results/<study>)")
@@ -88,7 +90,7 @@ def main(argv=None):
     root.mkdir(parents=True, exist_ok=True)
     start = time.time()
     if "train" in args.stage:
-        train_study(study, root, workers=args.workers, algos=args.algos)
+        train_study(study, root, workers=args.workers, algos=args.algos, seeds=args.seeds)
     if "evaluate" in args.stage:
         evaluate_study(study, root, num_tasks=args.num_tasks, device=args.device, workers=args.workers)
     if "report" in args.stage:

@@ -87,7 +87,7 @@ def load_study(name: str) -> DictConfig:
     Examples:
         >>> study = load_study("cpu")
         >>> study.env, list(study.algos), sorted(study.horizons)
-        ('random_mdp', ['rl2', 'rl3'], [100, 256])
+        ('random_mdp', ['rl2', 'rl3'], [100, 256, 512])
     """
     path = Path(name)
     if path.suffix in (".yaml", ".yml") and path.is_file():
@@ -182,14 +182,32 @@ class Cell:
         return (cfg.iterations if iteration is None else iteration) * cfg.num_envs * self.horizon
 
 
-def study_cells(study: DictConfig, root, *, algos: Sequence[str] | None = None) -> list[Cell]:
-    """Every cell of ``study`` (optionally only ``algos``), whose runs live under ``root/runs``."""
+def study_cells(
+    study: DictConfig, root, *, algos: Sequence[str] | None = None, seeds: Sequence[int] | None = None
+) -> list[Cell]:
+    """Every cell of ``study`` (optionally only those of ``algos`` and ``seeds``), whose runs live under
+    ``root/runs``.
+
+    Examples:
+        >>> import tempfile
+        >>> [c.name for c in study_cells(load_study("cpu"), tempfile.mkdtemp(), algos=["rl3"], seeds=[1])]
+        ['rl3_H100_s1', 'rl3_H256_s1', 'rl3_H512_s1']
+        >>> study_cells(load_study("cpu"), tempfile.mkdtemp(), seeds=[7])
+        Traceback (most recent call last):
+        ...
+        ValueError: seeds=[7] names seeds that study 'cpu' lacks; its seeds: [0, 1, 2].
+    """
+    if seeds is not None and set(seeds) - set(study.seeds):
+        raise ValueError(f"seeds={list(seeds)} names seeds that study {study.name!r} lacks; its seeds: "
+                         f"{list(study.seeds)}.")
     cells = []
     for algo in study.algos:
         if algos is not None and algo not in algos:
             continue
         for horizon, per_h in study.horizons.items():
             for seed in study.seeds:
+                if seeds is not None and seed not in seeds:
+                    continue
                 overrides = [f"config={study.config}"] if study.get("config") else []
                 overrides += _dotlist(study.train) + _dotlist(per_h)
                 name = f"{algo}_H{horizon}_s{seed}"
@@ -258,14 +276,16 @@ def _process_pool(workers: int) -> ProcessPoolExecutor:
     )
 
 
-def train_study(study: DictConfig, root, *, workers: int = 1, algos: Sequence[str] | None = None) -> list[Cell]:
-    """Train every unfinished cell, ``workers`` at a time (separate processes, one torch thread each).
+def train_study(study: DictConfig, root, *, workers: int = 1, algos: Sequence[str] | None = None,
+                seeds: Sequence[int] | None = None) -> list[Cell]:
+    """Train every unfinished cell (of ``algos`` and ``seeds`` if given), ``workers`` at a time (separate
+    processes, one torch thread each).
 
     Cells with a finished checkpoint are skipped; partly trained ones resume. Cells start in the order
     (H, seed, algorithm), so that a study stopped part-way has whole seeds of every algorithm at the smaller H.
     Returns the cells trained.
     """
-    pending = [c for c in study_cells(study, root, algos=algos) if c.status() != "done"]
+    pending = [c for c in study_cells(study, root, algos=algos, seeds=seeds) if c.status() != "done"]
     pending.sort(key=lambda c: (c.horizon, c.seed, list(study.algos).index(c.algo)))
     if not pending:
         return []
