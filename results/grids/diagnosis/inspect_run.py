@@ -2,7 +2,9 @@
 
 For each run folder (its ``checkpoint.pt``) or checkpoint file given (e.g. ``RUN/checkpoints/iteration_000025.pt``), the
 actor and critic of the checkpoint play one meta-episode on each of
-``--num-tasks`` fresh held-out grids (test split); the script prints one JSON line with:
+``--num-tasks`` fresh held-out grids (test split), the actor taking its most likely action at every step (the mode of
+its distribution, not a sample: what the policy prefers, not what a training batch holds); the script prints one
+JSON line with:
 
 - ``return``: the mean meta-episode return; ``goal_rate``: the fraction of inner episodes that reached the goal
   (an unfinished last inner episode counts as not reaching it); ``episodes``: inner episodes started per task;
@@ -23,6 +25,7 @@ import json
 from pathlib import Path
 
 import torch
+from torchrl.envs.utils import ExplorationType, set_exploration_type
 
 from rl3_torchrl.checkpoint import load_checkpoint
 from rl3_torchrl.envs.gridworld_generator import GOAL, WARNING
@@ -49,7 +52,7 @@ def inspect(path: Path, num_tasks: int, seed: int) -> dict:
     trainer.load_state_dict(state)
     env = make_meta_env(cfg.env, cfg.algo, num_tasks, horizon=trainer.horizon, seed=seed, split="test",
                         observe_tiles=True)
-    with torch.no_grad():
+    with torch.no_grad(), set_exploration_type(ExplorationType.DETERMINISTIC):
         data = env.rollout(trainer.horizon, trainer.actor, break_when_any_done=False)
         trainer.advantages(data)
     tiles = data["tiles"][:, 0]
