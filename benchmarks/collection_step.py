@@ -17,9 +17,9 @@ import time
 import torch
 from torchrl.collectors import Collector
 
-from rl3_torchrl.modules import MetaTransformerModule, make_actor_critic
+from rl3_torchrl.modules import MetaTransformerModule
 from rl3_torchrl.tasks import make_meta_env
-from rl3_torchrl.training import load_config
+from rl3_torchrl.training import actor_critic_from_config, load_config
 
 
 def best_of(repeats: int, fn) -> float:
@@ -39,9 +39,8 @@ def main(argv=None) -> dict:
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     H, B = args.horizon, args.num_envs
-    model = {k: v for k, v in load_config([]).model.items()}
     env = make_meta_env("random_mdp", args.algo, B, horizon=H, seed=0)
-    actor, _ = make_actor_critic(env, args.algo, **model)
+    actor, _ = actor_critic_from_config(env, load_config([f"algo={args.algo}"]), "cpu")
     module = next(m for m in actor.modules() if isinstance(m, MetaTransformerModule))
     n_actions = env.action_spec.space.n
 

@@ -108,10 +108,9 @@ def test_worker_seeds_are_distinct_across_workers_runs_and_resumes():
 def test_worker_policy_starts_with_an_empty_cache_and_is_reset_every_batch():
     env = MetaEnvFactory("bandit", "rl3", 2, horizon=H)()
     trainer_cfg = load_config([*TINY, "output_dir=unused"])
-    from rl3_torchrl.modules import make_actor_critic
+    from rl3_torchrl.training import actor_critic_from_config
 
-    model = {k: v for k, v in trainer_cfg.model.items()}
-    actor, _ = make_actor_critic(env, "rl3", **model)
+    actor, _ = actor_critic_from_config(env, trainer_cfg, "cpu")
     env.rollout(3, actor)
     assert _transformer(actor)._cache is not None
     assert _transformer(pickle.loads(pickle.dumps(actor)))._cache is None  # what a worker receives
