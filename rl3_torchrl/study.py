@@ -330,6 +330,23 @@ def _typed(row: dict) -> dict:
 
 
 def _append_row(path: Path, columns: Sequence[str], row: dict) -> None:
+    """Append ``row`` to the CSV at ``path`` under its header. A file written by an earlier version, whose header
+    lacks some of ``columns``, is first rewritten (atomically) with them added, its rows left empty there."""
+    if path.exists():
+        with open(path, newline="") as f:
+            reader = csv.DictReader(f)
+            header = list(reader.fieldnames or [])
+            missing = [c for c in columns if c not in header]
+            rows = list(reader) if missing else []
+        if missing:
+            header += missing
+            tmp = path.with_suffix(".tmp")
+            with open(tmp, "w", newline="") as f:
+                writer = csv.DictWriter(f, fieldnames=header)
+                writer.writeheader()
+                writer.writerows(rows)
+            os.replace(tmp, path)
+        columns = header
     new = not path.exists()
     with open(path, "a", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=columns, extrasaction="ignore")

@@ -197,3 +197,20 @@ def test_a_failed_cell_stops_the_study_without_training_the_queued_cells(tmp_pat
     with pytest.raises(ValueError, match="minibatch_episodes=3"):
         train_study(study, tmp_path, workers=1)
     assert [c.status() for c in study_cells(study, tmp_path)] == ["todo", "todo"]
+
+
+def test_rows_appended_to_a_csv_of_an_earlier_version_keep_their_columns(tmp_path):
+    """A results CSV whose header predates a column (e.g. goal_rate) is rewritten with it before the next row, so
+    every row stays under its own header and the file reads back."""
+    from rl3_torchrl.study import _append_row, _read_rows
+
+    path = tmp_path / "baselines.csv"
+    path.write_text("method,horizon,return_mean\nrandom,100,1.5\n")
+    _append_row(path, ("method", "horizon", "return_mean", "goal_rate"), {"method": "greedy", "horizon": 512,
+                                                                         "return_mean": 2.5, "goal_rate": 0.25})
+    _append_row(path, ("method", "horizon", "return_mean", "goal_rate"), {"method": "psrl", "horizon": 512,
+                                                                         "return_mean": 3.5})
+    assert path.read_text().splitlines()[0] == "method,horizon,return_mean,goal_rate"
+    rows = _read_rows(path)
+    assert [(r["method"], r["horizon"], r["return_mean"], r["goal_rate"]) for r in rows] == [
+        ("random", 100, 1.5, ""), ("greedy", 512, 2.5, 0.25), ("psrl", 512, 3.5, "")]
