@@ -797,7 +797,7 @@ def load_actor(
     env = make_meta_env(cfg.env, cfg.algo, 1, horizon=cfg.horizon, device=device,
                         prev_observation=cfg.model.prev_observation)
     max_len = {}
-    if cfg.model.positions == "none" and horizon is not None:  # no learned positions: any H fits
+    if cfg.model.get("positions") == "none" and horizon is not None:  # no learned positions: any H fits
         max_len["max_len"] = max(env.horizon, check_int("horizon", horizon, low=1)) + 1
     actor, _ = actor_critic_from_config(env, cfg, device, **max_len)
     actor.load_state_dict(state["actor"])

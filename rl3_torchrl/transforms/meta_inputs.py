@@ -43,7 +43,8 @@ class MetaRLInputs(Transform):
         ([3, 1], [[0.0], [0.0]])
         >>> bool((nxt["prev_reward"] == nxt["reward"]).all())
         True
-        >>> env = TransformedEnv(RandomMDPEnv(num_envs=2, horizon=4, seed=0), MetaRLInputs(observation_key="observation"))
+        >>> inputs = MetaRLInputs(observation_key="observation")
+        >>> env = TransformedEnv(RandomMDPEnv(num_envs=2, horizon=4, seed=0), inputs)
         >>> td = env.reset()
         >>> td["action"] = torch.tensor([3, 1])
         >>> bool((env.step(td)["next", "prev_observation"] == td["observation"]).all())
@@ -62,7 +63,9 @@ class MetaRLInputs(Transform):
         prev_observation_key="prev_observation",
     ):
         out_keys = [prev_action_key, prev_reward_key, first_step_key]
-        super().__init__(in_keys=[], out_keys=out_keys + ([prev_observation_key] if observation_key is not None else []))
+        if observation_key is not None:
+            out_keys.append(prev_observation_key)
+        super().__init__(in_keys=[], out_keys=out_keys)
         self.action_key, self.reward_key, self.observation_key = action_key, reward_key, observation_key
         self.prev_action_key, self.prev_reward_key, self.first_step_key, self.prev_observation_key = (
             prev_action_key,
