@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import csv
 import functools
+import io
 import json
 import math
 import os
@@ -241,9 +242,7 @@ def train_cell(cell: Cell, threads: int = 1) -> dict:
     record.update(command=cell.command, iterations=trainer.iteration, frames=cell.frames(trainer.iteration))
     record.setdefault("code", []).append(code)
     record["wall_s"] += time.perf_counter() - start
-    tmp = record_path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(record, indent=1))
-    os.replace(tmp, record_path)
+    _write_atomically(record_path, json.dumps(record, indent=1))
     return record
 
 
@@ -329,6 +328,14 @@ def _typed(row: dict) -> dict:
     return out
 
 
+def _write_atomically(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` through a temporary file renamed into place: a kill leaves the old or the new file."""
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    with open(tmp, "w", newline="") as f:
+        f.write(text)
+    os.replace(tmp, path)
+
+
 def _append_row(path: Path, columns: Sequence[str], row: dict) -> None:
     """Append ``row`` to the CSV at ``path`` under its header. A file written by an earlier version, whose header
     lacks some of ``columns``, is first rewritten (atomically) with them added, its rows left empty there."""
@@ -340,12 +347,11 @@ def _append_row(path: Path, columns: Sequence[str], row: dict) -> None:
             rows = list(reader) if missing else []
         if missing:
             header += missing
-            tmp = path.with_suffix(".tmp")
-            with open(tmp, "w", newline="") as f:
-                writer = csv.DictWriter(f, fieldnames=header)
-                writer.writeheader()
-                writer.writerows(rows)
-            os.replace(tmp, path)
+            text = io.StringIO(newline="")
+            writer = csv.DictWriter(text, fieldnames=header)
+            writer.writeheader()
+            writer.writerows(rows)
+            _write_atomically(path, text.getvalue())
         columns = header
     new = not path.exists()
     with open(path, "a", newline="") as f:
@@ -698,13 +704,13 @@ def _per_frames(cells: Sequence[Cell], key: str) -> dict[int, list[float]]:
 
     by_frames: dict[int, list[float]] = {}
     for cell in cells:
-        cfg = cell.config()
         try:
-            steps, values = read_scalars(cell.output_dir / "logs" / cfg.logger.exp_name).get(key, ([], []))
+            logs = read_scalars(cell.output_dir / "logs" / cell.config().logger.exp_name)
         except FileNotFoundError:
             continue
-        for step, value in zip(steps, values):
-            by_frames.setdefault(step * cfg.num_envs * cell.horizon, []).append(value)
+        per_iteration = cell.frames(1)
+        for step, value in zip(*logs.get(key, ([], []))):
+            by_frames.setdefault(step * per_iteration, []).append(value)
     return by_frames
 
 
