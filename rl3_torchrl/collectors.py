@@ -5,7 +5,9 @@ A training batch is ``[B, H]``: ``B = num_envs`` whole meta-episodes of ``H`` st
 * ``backend="single"``: one :class:`torchrl.collectors.Collector` over the trainer's env (the default);
 * ``backend="multiprocess"``: a :class:`torchrl.collectors.MultiSyncCollector` with ``workers`` processes;
 * ``backend="ray"``: a :class:`torchrl.collectors.distributed.RayCollector` with ``workers`` Ray actors (``sync=True``),
-  on a local or remote Ray cluster (``pip install rl3_torchrl[distributed]``).
+  on a local or remote Ray cluster (``pip install rl3_torchrl[distributed]``);
+* ``backend="async"``: an :class:`OverlappedCollector`, one worker process that collects the next batch while the
+  trainer updates on the current one, with the weights of one update earlier (PPO one iteration off-policy).
 
 With ``workers = W``, ``num_envs`` must be a multiple of ``W``: each worker steps its own batch of ``num_envs // W``
 envs with its own transforms (its own online Q estimator) and its own copy of the policy, and draws its tasks from
@@ -20,21 +22,30 @@ fingerprint cannot see; since every batch starts with all meta-episodes reset an
 """
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 
 import numpy as np
 import torch
-from tensordict import TensorDictBase
-from torchrl.collectors import Collector, MultiSyncCollector
+from tensordict import TensorDict, TensorDictBase
+from torchrl.collectors import Collector, MultiAsyncCollector, MultiSyncCollector
 
 from rl3_torchrl._validation import check_choice
 from rl3_torchrl.modules.transformer import MetaTransformerModule
 from rl3_torchrl.tasks import make_meta_env
 
-__all__ = ["BACKENDS", "MetaEnvFactory", "MetaEpisodeCollector", "fold_workers", "make_collector", "worker_seed"]
+__all__ = [
+    "BACKENDS",
+    "MetaEnvFactory",
+    "MetaEpisodeCollector",
+    "OverlappedCollector",
+    "fold_workers",
+    "make_collector",
+    "worker_seed",
+]
 
 #: The collection backends of :func:`make_collector` (config key ``collector.backend``).
-BACKENDS = ("single", "multiprocess", "ray")
+BACKENDS = ("single", "multiprocess", "ray", "async")
 
 
 def worker_seed(seed: int, worker: int, start_iteration: int = 0) -> int:
@@ -125,6 +136,65 @@ class MetaEpisodeCollector(Collector):
         return f"{type(self).__name__}(worker={getattr(self, 'worker_idx', None)})"
 
 
+class OverlappedCollector(MultiAsyncCollector):
+    """One worker process that collects batch ``k + 1`` while the trainer updates on batch ``k``.
+
+    A :class:`torchrl.collectors.MultiAsyncCollector` with one worker (a :class:`MetaEpisodeCollector`) and
+    ``update_at_each_batch=True``: as soon as a batch arrives, the collector copies the trainer's current weights into
+    the worker's policy and sends the worker off to the next batch, then hands the batch to the trainer. So batch
+    ``k + 1`` is collected with the weights the trainer had when batch ``k`` arrived, i.e. before its update on batch
+    ``k``: every batch after the second is one update old (batches 0 and 1 both use the initial weights). PPO's
+    ratio uses the log-probabilities stored at collection, so the clipped objective corrects for the lag, but the
+    algorithm is one iteration off-policy: a learning change, measured in ``results/ablation/async_collection``.
+
+    The worker's policy is a copy of ``policy`` in shared memory that only this collector writes, and only while the
+    worker waits between two batches, so a run is as reproducible as a single-process one (the same seed gives the
+    same batches and losses): the trainer's optimizer steps never reach a batch being collected. Weights are taken
+    from ``policy`` itself; :meth:`update_policy_weights_` accepts no other source.
+
+    Args:
+        env_factory (MetaEnvFactory): the worker's env.
+        policy: the trainer's actor (it is not moved or shared).
+
+    Keyword Args:
+        **kwargs: :class:`~torchrl.collectors.MultiAsyncCollector`'s (``frames_per_batch``, ``total_frames``,
+            ``reset_at_each_iter=True``, ``device`` ...).
+
+    Examples:
+        >>> from rl3_torchrl.modules import make_actor_critic
+        >>> env = MetaEnvFactory("bandit", "rl3", 2, horizon=4)
+        >>> actor, _ = make_actor_critic(env(), "rl3", d_model=8, hidden_sizes=[8], ffn_dim=8, num_heads=2, num_layers=1)
+        >>> collector = OverlappedCollector(env, actor, frames_per_batch=8, total_frames=16, reset_at_each_iter=True,
+        ...                                 device="cpu")
+        >>> [tuple(batch.shape) for batch in collector]
+        [(2, 4), (2, 4)]
+        >>> collector.shutdown()
+    """
+
+    def __init__(self, env_factory: MetaEnvFactory, policy, **kwargs):
+        behaviour = copy.deepcopy(policy)
+        self._trainer_weights = TensorDict.from_module(policy)
+        self._behaviour_weights = TensorDict.from_module(behaviour)
+        super().__init__(
+            [env_factory],
+            behaviour,
+            collector_class=MetaEpisodeCollector,
+            update_at_each_batch=True,
+            auto_register_policy_transforms=False,
+            **kwargs,
+        )
+
+    def update_policy_weights_(self, policy_or_weights=None, **kwargs) -> None:
+        """Copy the trainer's weights into the worker's policy (called by the iterator between two batches)."""
+        if policy_or_weights is not None or kwargs:
+            raise TypeError(
+                "OverlappedCollector takes the trainer's weights itself, between two batches; calling "
+                "update_policy_weights_ with weights would reach the worker in the middle of a batch."
+            )
+        with torch.no_grad():
+            self._behaviour_weights.update_(self._trainer_weights)
+
+
 def fold_workers(data: TensorDictBase, horizon: int) -> TensorDictBase:
     """Fold a ``[W, B_w, H]`` multi-worker batch into ``[W * B_w, H]`` whole meta-episodes (a no-op on ``[B, H]``).
 
@@ -157,7 +227,8 @@ def make_collector(
     """A sync collector of whole meta-episodes for a backend of :data:`BACKENDS`.
 
     Args:
-        backend (str): ``"single"`` (uses ``env``), ``"multiprocess"`` or ``"ray"`` (use one factory per worker).
+        backend (str): ``"single"`` (uses ``env``), ``"multiprocess"`` or ``"ray"`` (one factory per worker), or
+            ``"async"`` (one factory: an :class:`OverlappedCollector`).
         env_factories (list of MetaEnvFactory): one per worker.
         policy: the actor; workers get copies, refreshed by ``collector.update_policy_weights_()``.
 
@@ -187,14 +258,18 @@ def make_collector(
     )
     if backend == "single":
         return Collector(env, policy, auto_register_policy_transforms=False, **common)
+    threads = dict(num_threads=torch.get_num_threads(), num_sub_threads=env_factories[0].num_threads or 1)
+    if backend == "async":
+        if len(env_factories) != 1:
+            raise ValueError(f"collector.backend=async runs one worker process, got {len(env_factories)} env factories.")
+        return OverlappedCollector(env_factories[0], policy, **threads, **common)
     if backend == "multiprocess":
         return MultiSyncCollector(
             list(env_factories),
             policy,
             collector_class=MetaEpisodeCollector,
-            num_threads=torch.get_num_threads(),  # keep the trainer's threads (the default lowers them)
-            num_sub_threads=env_factories[0].num_threads or 1,
             auto_register_policy_transforms=False,
+            **threads,  # num_threads keeps the trainer's threads (the default lowers them)
             **common,
         )
     try:

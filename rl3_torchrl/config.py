@@ -245,6 +245,11 @@ def validate_config(cfg: DictConfig) -> None:
         raise ValueError(
             f"collector.workers={workers} needs collector.backend=multiprocess or ray (backend=single is one process)."
         )
+    if cfg.collector.backend == "async" and workers != 1:
+        raise ValueError(
+            f"collector.workers={workers} with collector.backend=async: the overlapped collector runs one worker "
+            "process (use backend=multiprocess or ray for several)."
+        )
     if cfg.num_envs % workers:
         raise ValueError(
             f"num_envs={cfg.num_envs} is not a multiple of collector.workers={workers}: each worker steps "

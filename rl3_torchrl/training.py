@@ -3,8 +3,9 @@
 One iteration collects one meta-episode per env with a :class:`~torchrl.collectors.Collector` (the actor's step
 path, KV cache inside the module), computes values with the critic's window path and advantages with
 :class:`~torchrl.objectives.value.GAE`, then runs :class:`~torchrl.objectives.ClipPPOLoss` for several epochs on
-minibatches of whole meta-episodes. Collection runs in this process, in several worker processes or on a Ray
-cluster (``collector.*`` keys, :mod:`rl3_torchrl.collectors`); the batch is always ``[num_envs, H]``. As in the
+minibatches of whole meta-episodes. Collection runs in this process, in several worker processes, on a Ray
+cluster, or in one worker process overlapped with the update (``collector.*`` keys, :mod:`rl3_torchrl.collectors`);
+the batch is always ``[num_envs, H]``. As in the
 paper, the actor stops updating for the rest of an iteration once the approximate KL to the behaviour policy exceeds
 ``ppo.target_kl``, while the critic keeps training; the entropy bonus can decay linearly to zero; the critic alone
 has weight decay. ``ppo.reward_scale`` multiplies the rewards that GAE and the critic see (e.g. 0.01 on gridworlds,
@@ -231,7 +232,8 @@ class Trainer:
             )
         finally:
             torch.set_rng_state(rng)
-        collector.update_policy_weights_(self.actor)  # the workers start from the trainer's weights
+        if collector_cfg.backend != "async":  # async copies the trainer's weights itself, between batches
+            collector.update_policy_weights_(self.actor)  # the workers start from the trainer's weights
         return collector
 
     def _make_logger(self, state: dict | None):
@@ -529,9 +531,10 @@ class Trainer:
         if self._collector is None:
             raise RuntimeError("end_iteration(data, stats) ends an iteration of `with trainer.run() as batches:`; "
                                "call it inside that loop, after the update of each batch.")
-        if self.cfg.collector.backend == "single":
+        backend = self.cfg.collector.backend
+        if backend == "single":
             self._collector.update_policy_weights_()
-        else:
+        elif backend != "async":  # async: the collector copies them when the next batch arrives
             self._collector.update_policy_weights_(self.actor)
         end = time.perf_counter()
         times = timeit.todict(percall=False)

@@ -1,10 +1,12 @@
-"""Scale-out: the Trainer collecting through torchrl's multi-process and Ray collectors, and the compile switch.
+"""Scale-out: the Trainer collecting through torchrl's multi-process and Ray collectors, the overlapped (async)
+collector, and the compile switch.
 
 Each backend test builds the Trainer with 2 workers × 2 envs (H = 6, a tiny model) and checks that the batch is
 ``[workers * envs_per_worker, H]`` whole meta-episodes, that the workers draw different tasks, that
 ``update_policy_weights_`` leaves the workers' policies equal to the trainer's, and that the next batch was sampled
 with exactly those weights (its log-probs equal the trainer's window path: the worker's KV cache did not keep keys and
-values of the old weights). Ray tests start a local, loopback-only Ray instance with 2 CPUs and shut it down after.
+values of the old weights). The async backend's test checks the one-update lag of every batch against the trainer's
+weights recorded after each update, and that two runs give the same actions and losses. Ray tests start a local, loopback-only Ray instance with 2 CPUs and shut it down after.
 """
 from __future__ import annotations
 
@@ -141,6 +143,7 @@ def test_worker_policy_starts_with_an_empty_cache_and_is_reset_every_batch():
         (["collector.backend=single", "collector.workers=2"], "needs collector.backend=multiprocess or ray"),
         (["collector.backend=slurm"], "collector.backend='slurm'"),
         (["collector.workers=0"], "collector.workers=0"),
+        (["collector.backend=async", "collector.workers=2"], "collector.workers=2 with collector.backend=async"),
     ],
 )
 def test_bad_collector_config(overrides, match):
@@ -148,6 +151,50 @@ def test_bad_collector_config(overrides, match):
         overrides = ["collector.backend=multiprocess", *overrides]
     with pytest.raises(ValueError, match=match):
         load_config([*TINY, *overrides])
+
+
+def _async_run(tmp_path, iterations: int):
+    """An overlapped run: each batch with the trainer's weights at its arrival (after ``k`` updates) and its losses."""
+    trainer = Trainer(_config(tmp_path, "collector.backend=async", f"iterations={iterations}", "num_envs=2",
+                              "ppo.minibatch_episodes=1", "ppo.lr=0.01", "ppo.target_kl=null"))
+    snapshots, batches, rows = [TensorDict.from_module(trainer.actor).data.clone()], [], []
+    with trainer.run() as stream:
+        for data in stream:
+            batches.append(data.clone())
+            trainer.advantages(data)
+            rows.append(trainer.end_iteration(data, trainer.update(data)))
+            snapshots.append(TensorDict.from_module(trainer.actor).data.clone())
+    return trainer, snapshots, batches, rows
+
+
+def test_async_collector_lags_one_update_and_is_reproducible(tmp_path):
+    trainer, snapshots, batches, rows = _async_run(tmp_path / "a", iterations=4)
+    actor = trainer.actor
+    for k, data in enumerate(batches):
+        assert data.shape == (2, H) and data["is_init"][:, 0].all() and data["next", "done"][:, -1].all()
+        lagged = max(k - 1, 0)  # batches 0 and 1 use the initial weights, batch k those after update k - 1
+        for j, weights in enumerate(snapshots[: k + 1]):
+            weights.to_module(actor)
+            log_prob = _log_prob(actor, data)
+            if j == lagged:
+                torch.testing.assert_close(data["action_log_prob"], log_prob, rtol=0, atol=1e-5)
+            elif not (weights == snapshots[lagged]).all():
+                assert (data["action_log_prob"] - log_prob).abs().max() > 1e-4, (k, j)
+    assert not (snapshots[1] == snapshots[0]).all()  # the updates did change the weights
+    _, _, batches_2, rows_2 = _async_run(tmp_path / "b", iterations=4)
+    assert [r["loss_objective"] for r in rows_2] == [r["loss_objective"] for r in rows]
+    for data, data_2 in zip(batches, batches_2):
+        assert torch.equal(data["action"], data_2["action"])
+
+
+def test_async_collector_takes_weights_only_between_batches(tmp_path):
+    trainer = Trainer(_config(tmp_path, "collector.backend=async", "collector.workers=1"))
+    collector = trainer._make_collector(iterations=1)
+    try:
+        with pytest.raises(TypeError, match="between two batches"):
+            collector.update_policy_weights_(trainer.actor)
+    finally:
+        collector.shutdown()
 
 
 def test_compile_key_runs_the_window_path_compiled(tmp_path):
