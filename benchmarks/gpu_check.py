@@ -12,10 +12,11 @@ Stages, each recorded in ``<out>/gpu_check.json`` and ``<out>/gpu_check.md``:
    ``torch.cuda.set_sync_debug_mode("warn")``; every synchronising call is listed with the line that made it
    (CUDA only: on CPU nothing synchronises);
 3. **throughput**: frames/s of RL² and RL³ (and RL³-coarse on grids) for the paper's random-MDP and gridworld
-   configs (``benchmarks/train_throughput.py``'s runs, after one warm-up iteration), and of the random-MDP config
-   with larger env batches (``--scale``), with the time of collection and update;
+   configs (``benchmarks/train_throughput.py``'s runs, after one warm-up iteration), of RL³ on the random-MDP
+   config with ``collector.backend=async`` (collection in a worker process, overlapped with the update), and of the
+   random-MDP config with larger env batches (``--scale``), with the time of collection and update;
 4. **memory**: the peak allocated accelerator memory of each run (``torch.cuda.max_memory_allocated``), or the
-   process's peak RSS on CPU.
+   process's peak RSS on CPU; of the trainer process only (an ``async`` run's worker is not counted).
 """
 from __future__ import annotations
 
@@ -33,7 +34,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from train_throughput import run as train_run  # noqa: E402
+from train_throughput import run as train_run, timing  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 #: (config, algos, overrides) of the throughput stage; ``--quick`` adds :data:`QUICK` to every run.
@@ -140,24 +141,27 @@ def check_syncs(device: torch.device, quick: bool) -> dict:
 
 def throughput(device: torch.device, quick: bool, iterations: int, scale: list[int]) -> list[dict]:
     """Frames/s, phase times and peak memory of each (config, algo) run."""
-    runs = [(config, algo, list(extra)) for config, algos, extra in CONFIGS for algo in algos]
-    runs += [("paper_random_mdp", "rl3", [f"num_envs={n}", f"ppo.minibatch_episodes={n // 8}"]) for n in scale]
+    runs = [(config, algo, list(extra), "single") for config, algos, extra in CONFIGS for algo in algos]
+    runs.append(("paper_random_mdp", "rl3", [], "async"))
+    runs += [("paper_random_mdp", "rl3", [f"num_envs={n}", f"ppo.minibatch_episodes={n // 8}"], "single")
+             for n in scale]
     rows = []
-    for config, algo, extra in runs:
+    for config, algo, extra, backend in runs:
         extra = extra + (QUICK if quick else [])
         if device.type == "cuda":
             torch.cuda.empty_cache()
             torch.cuda.reset_peak_memory_stats(device)
         start = time.perf_counter()
-        timed, frames = train_run(config, algo, iterations, str(device), extra)
-        med = lambda key: sorted(r[key] for r in timed)[len(timed) // 2]  # noqa: E731
+        timed, frames = train_run(config, algo, iterations, str(device), extra, backend)
+        times = timing(timed, frames)
         rows.append({
-            "config": config, "algo": algo, "overrides": extra, "frames_per_iteration": frames,
-            "frames_per_s": med("frames_per_s"), "collection_s": med("time_collection"),
-            "q_estimation_s": med("time_q_estimation"), "update_s": med("time_update"),
+            "config": config, "algo": algo, "overrides": extra, "backend": backend, "frames_per_iteration": frames,
+            "frames_per_s": times["frames_per_s"], "collection_s": times["time_collection"],
+            "q_estimation_s": times["time_q_estimation"], "update_s": times["time_update"],
             "peak_memory_mb": peak_memory_mb(device), "wall_s": time.perf_counter() - start,
         })
-        print(f"  {config:<17}{algo:<11}{' '.join(extra):<44}{rows[-1]['frames_per_s']:>10.0f} frames/s "
+        print(f"  {config:<17}{algo:<11}{' '.join([*extra, f'backend={backend}']):<44}"
+              f"{rows[-1]['frames_per_s']:>10.0f} frames/s "
               f"(collect {rows[-1]['collection_s']:.2f} s, update {rows[-1]['update_s']:.2f} s, "
               f"peak {rows[-1]['peak_memory_mb']:.0f} MiB)", flush=True)
     return rows
@@ -196,13 +200,14 @@ def markdown(report: dict) -> str:
             lines.append(f"**Host syncs in {label}**: {sum(f['count'] for f in found) or 'none'}")
             lines += [f"- `{f['where']}` × {f['count']}" for f in found]
             lines.append("")
-    lines += ["| config | algo | overrides | frames/it | frames/s | collection s | of which Q s | update s | peak MiB |",
-              "|---|---|---|---|---|---|---|---|---|"]
+    lines += ["| config | algo | backend | overrides | frames/it | frames/s | collection s | of which Q s | update s "
+              "| peak MiB |", "|---|---|---|---|---|---|---|---|---|---|"]
     for r in report["throughput"]:
-        lines.append(f"| {r['config']} | {r['algo']} | {' '.join(r['overrides']) or '—'} | "
+        lines.append(f"| {r['config']} | {r['algo']} | {r['backend']} | {' '.join(r['overrides']) or '—'} | "
                      f"{r['frames_per_iteration']:,} | {r['frames_per_s']:,.0f} | {r['collection_s']:.2f} | "
                      f"{r['q_estimation_s']:.2f} | {r['update_s']:.2f} | {r['peak_memory_mb']:,.0f} |")
-    target = [r for r in report["throughput"] if r["config"] == "paper_random_mdp" and not r["overrides"]]
+    target = [r for r in report["throughput"]
+              if r["config"] == "paper_random_mdp" and not r["overrides"] and r["backend"] == "single"]
     if target:
         best = max(r["frames_per_s"] for r in target)
         lines += ["", f"Paper random-MDP config: {best:,.0f} frames/s; target ≥ {PAPER_TARGET:,}: "

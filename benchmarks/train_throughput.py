@@ -10,9 +10,13 @@ iteration spent collecting (of which in the online Q estimator) and updating, pl
     python benchmarks/train_throughput.py --algos rl3 --backends single multiprocess --workers 1 2 --threads 1
 
 ``--backends`` and ``--workers`` select how meta-episodes are collected (``collector.backend`` / ``collector.workers``:
-``single`` runs only with 1 worker; ``multiprocess`` and ``ray`` with every count given). The ``frames/s`` of a
-multi-worker run counts the whole iteration (parallel collection + the update in the trainer process); the
-Q-estimation time is measured in the trainer process only, so it reads 0 when workers collect.
+``single`` and ``async`` run only with 1 worker; ``multiprocess`` and ``ray`` with every count given). ``frames/s``
+is the frames of the timed iterations over their total time, which counts the whole iteration (collection, also in
+workers, and the update in the trainer process); the phase times are means per iteration. The Q-estimation time is
+measured in the trainer process only, so it reads 0 when workers collect; with ``async`` the collection time is the
+trainer's wait for a batch that the worker collected during the previous update.
+
+    python benchmarks/train_throughput.py --backends single async --iterations 10 --threads 1
 """
 from __future__ import annotations
 
@@ -47,20 +51,29 @@ def run(
     return trainer.train()[1:], trainer.frames_per_batch  # the first iteration includes warm-up (allocation, resets)
 
 
+def timing(rows: list[dict], frames: int) -> dict:
+    """Frames/s of the timed iterations together (their frames over their total time) and the mean seconds of each
+    phase per iteration. With ``backend=async`` consecutive iterations alternate between a longer and a shorter wait
+    for their batch, so the median of per-iteration rates would not be the run's rate."""
+    result = {k: statistics.mean(r[k] for r in rows) for k in ("time_collection", "time_q_estimation", "time_update")}
+    result["frames_per_s"] = frames * len(rows) / sum(frames / r["frames_per_s"] for r in rows)
+    return result
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--configs", nargs="+", default=["default"], help="default and/or named configs")
     parser.add_argument("--algos", nargs="+", default=["rl2", "rl3"])
     parser.add_argument("--iterations", type=int, default=3, help="timed iterations per run")
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--backends", nargs="+", default=["single"], help="single, multiprocess and/or ray")
+    parser.add_argument("--backends", nargs="+", default=["single"], help="single, multiprocess, ray and/or async")
     parser.add_argument("--workers", nargs="+", type=int, default=[1], help="collection worker counts")
     parser.add_argument("--threads", type=int, default=None, help="torch threads of the trainer process")
     parser.add_argument("overrides", nargs="*", help="extra key=value config overrides for every run")
     args = parser.parse_args(argv)
     if args.threads is not None:
         torch.set_num_threads(args.threads)
-    setups = [(b, w) for b in args.backends for w in args.workers if b != "single" or w == 1]
+    setups = [(b, w) for b in args.backends for w in args.workers if b not in ("single", "async") or w == 1]
     threads = torch.get_num_threads()
     print(f"# torch {torch.__version__}, torchrl {torchrl.__version__}, {threads} threads, {args.device}")
     print(
@@ -71,12 +84,11 @@ def main(argv=None):
         fps = {}
         for algo, (backend, workers) in ((a, s) for a in args.algos for s in setups):
             rows, frames = run(config, algo, args.iterations, args.device, args.overrides, backend, workers)
-            med = {k: statistics.median(r[k] for r in rows) for k in
-                   ("frames_per_s", "time_collection", "time_q_estimation", "time_update")}
-            fps.setdefault(algo, med["frames_per_s"])
+            mean = timing(rows, frames)
+            fps.setdefault(algo, mean["frames_per_s"])
             print(
-                f"{config:<18}{algo:<6}{backend:<14}{workers:>8}{frames:>10}{med['frames_per_s']:>10.0f}"
-                f"{med['time_collection']:>11.2f}{med['time_q_estimation']:>13.2f}{med['time_update']:>10.2f}"
+                f"{config:<18}{algo:<6}{backend:<14}{workers:>8}{frames:>10}{mean['frames_per_s']:>10.0f}"
+                f"{mean['time_collection']:>11.2f}{mean['time_q_estimation']:>13.2f}{mean['time_update']:>10.2f}"
             )
         if "rl2" in fps and "rl3" in fps:
             ratio = fps["rl3"] / fps["rl2"]

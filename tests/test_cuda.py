@@ -33,6 +33,17 @@ def test_training_on_cuda(tmp_path, env, algo):
     assert all(p.device.type == "cpu" for p in actor.parameters())
 
 
+def test_async_collection_on_cuda_is_reproducible(tmp_path):
+    """The overlapped collector's worker shares the behaviour weights with the trainer through CUDA IPC."""
+    def losses(folder):
+        cfg = load_config(["horizon=20", "num_envs=4", "iterations=3", "device=cuda", "collector.backend=async",
+                           f"output_dir={tmp_path / folder}", *TINY])
+        return [row["loss_objective"] for row in Trainer(cfg).train()]
+
+    first = losses("a")
+    assert all(torch.isfinite(torch.tensor(first))) and first == losses("b")
+
+
 def test_step_path_equals_window_path_on_cuda():
     horizon = 12
     env = make_meta_env("random_mdp", "rl3", 3, horizon=horizon, seed=0, device="cuda")

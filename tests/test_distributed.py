@@ -187,6 +187,15 @@ def test_async_collector_lags_one_update_and_is_reproducible(tmp_path):
         assert torch.equal(data["action"], data_2["action"])
 
 
+def test_async_run_resumes_from_its_checkpoint(tmp_path):
+    overrides = ["collector.backend=async", "checkpoint.every=1"]
+    first = Trainer(_config(tmp_path, *overrides, "iterations=1")).train()
+    resumed = Trainer(_config(tmp_path, *overrides, "iterations=2", "checkpoint.resume=true"))
+    rows = resumed.train()
+    assert len(first) == len(rows) == 1 and rows[0]["frames"] == 2 * resumed.frames_per_batch
+    assert resumed.iteration == 2
+
+
 def test_async_collector_takes_weights_only_between_batches(tmp_path):
     trainer = Trainer(_config(tmp_path, "collector.backend=async", "collector.workers=1"))
     collector = trainer._make_collector(iterations=1)

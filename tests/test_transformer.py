@@ -112,6 +112,13 @@ def test_step_after_parameter_update_equals_window_with_new_weights():
     rest = step_through(module, data, 5)
     torch.testing.assert_close(rest, window(module, data)[:, 5:], atol=1e-5, rtol=1e-5)
     assert first.shape == (n, 5, 3)
+    # and so are parameters replaced in their modules (TensorDict.to_module, as a weight sync may do)
+    module.reset_cache()
+    first = step_through(module, data, 0, 5)
+    TensorDict.from_module(module).apply(lambda p: torch.nn.Parameter(p.detach() * 1.5)).to_module(module)
+    rest = step_through(module, data, 5)
+    torch.testing.assert_close(rest, window(module, data)[:, 5:], atol=1e-5, rtol=1e-5)
+    assert not torch.allclose(rest, step_through(make_module(seed=4), data)[:, 5:], atol=1e-3)
 
 
 @pytest.mark.parametrize("exact_bound", [True, False])

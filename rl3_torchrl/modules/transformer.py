@@ -271,7 +271,7 @@ class MetaCausalTransformer(nn.Module):
 
     def __getstate__(self):
         state = self.__dict__.copy()
-        state["_compiled_encode"] = None
+        state["_compiled_encode"] = state["_parameter_owners"] = None
         return state
 
     def _compile_failed(self, err: Exception) -> None:
@@ -297,8 +297,16 @@ class MetaCausalTransformer(nn.Module):
             return self._encode(*args, **kwargs)
 
     def fingerprint(self) -> tuple:
-        """Cheap, sync-free identity of the current parameter values (storage pointer and in-place version)."""
-        return tuple((p.data_ptr(), p._version) for p in self.parameters())
+        """Cheap, sync-free identity of the current parameter values (storage pointer and in-place version).
+
+        It reads the parameter dicts of the submodules this model had at its first call, so an optimizer step,
+        ``load_state_dict`` or a parameter replaced in its module (``TensorDict.to_module``) all change it, without
+        walking the module tree at every step.
+        """
+        owners = self.__dict__.get("_parameter_owners")
+        if owners is None:
+            owners = self._parameter_owners = [module._parameters for module in self.modules()]
+        return tuple((p.data_ptr(), p._version) for params in owners for p in params.values() if p is not None)
 
     def _check_in_features(self, x: torch.Tensor) -> None:
         if x.shape[-1] != self.in_features:
@@ -566,19 +574,20 @@ class MetaTransformerModule(TensorDictModuleBase):
         return state
 
     def _inputs(self, tensordict: TensorDictBase):
+        values = [tensordict.get(key, None) for key in self.in_keys]
+        if any(value is None for value in values):
+            raise self._missing_inputs_error(tensordict)
+        shape, dtype = tensordict.shape, self.backbone.embed[0].weight.dtype
+        tokens = [value.reshape(*shape, -1).to(dtype) for value in values[: len(self.token_keys)]]
+        return torch.cat(tokens, -1), values[-1].reshape(*shape, 1).bool()
+
+    def _missing_inputs_error(self, tensordict: TensorDictBase) -> KeyError:
         missing = [key for key in self.in_keys if key not in tensordict.keys(include_nested=True)]
-        if missing:
-            hint = " (add torchrl.envs.InitTracker to the env)" if self.is_init_key in missing else ""
-            raise KeyError(
-                f"{type(self).__name__} is missing input keys {missing}{hint}; "
-                f"available keys: {sorted(map(str, tensordict.keys(include_nested=True, leaves_only=True)))}."
-            )
-        shape = tensordict.shape
-        tokens = []
-        for key in self.token_keys:
-            value = tensordict.get(key)
-            tokens.append(value.reshape(*shape, -1).to(self.backbone.embed[0].weight.dtype))
-        return torch.cat(tokens, -1), tensordict.get(self.is_init_key).reshape(*shape, 1).bool()
+        hint = " (add torchrl.envs.InitTracker to the env)" if self.is_init_key in missing else ""
+        return KeyError(
+            f"{type(self).__name__} is missing input keys {missing}{hint}; "
+            f"available keys: {sorted(map(str, tensordict.keys(include_nested=True, leaves_only=True)))}."
+        )
 
     def _runs_window(self, tensordict: TensorDictBase) -> bool:
         names = tensordict.names
@@ -655,7 +664,7 @@ class MetaTransformerModule(TensorDictModuleBase):
         features = features.reshape(*tensordict.shape, -1)
         outputs = [head(features) for head in self.heads]
         check = features.device.type == "cpu" if self.check_finite is None else self.check_finite
-        if check and not bool(torch.stack([torch.isfinite(out).all() for out in outputs]).all()):
+        if check and not all(bool(torch.isfinite(out).all()) for out in outputs):
             raise self._nonfinite_error(tensordict, outputs)
         for key, out in zip(self.out_keys, outputs):
             tensordict.set(key, out)
