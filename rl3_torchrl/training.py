@@ -487,6 +487,7 @@ class Trainer:
             if remaining <= 0:
                 yield iter(())
                 return
+            threads = torch.get_num_threads()
             self._collector = self._make_collector(remaining)
             if state is not None:  # the collector's construction drew tasks: restore the streams after it
                 self.env.base_env.set_rng_state(state["env_rng"])
@@ -500,6 +501,7 @@ class Trainer:
                 self._bar.close()
                 self._collector.shutdown()
                 self._collector = None
+                torch.set_num_threads(threads)  # torchrl's multi-process collectors raise them at shutdown
 
     def _batches(self) -> Iterator:
         data_iter = iter(self._collector)

@@ -15,6 +15,7 @@ import warnings
 
 import pytest
 import torch
+import torchrl
 from tensordict import TensorDict
 from torchrl.modules import set_recurrent_mode
 
@@ -187,9 +188,18 @@ def test_async_collector_lags_one_update_and_is_reproducible(tmp_path):
         assert torch.equal(data["action"], data_2["action"])
 
 
-def test_async_run_resumes_from_its_checkpoint(tmp_path):
+def test_async_run_resumes_from_its_checkpoint(tmp_path, monkeypatch):
     overrides = ["collector.backend=async", "checkpoint.every=1"]
-    first = Trainer(_config(tmp_path, *overrides, "iterations=1")).train()
+    # as in a process that started with 2 threads and was set to 1: torchrl's collector shutdown raises them
+    # towards the threads torchrl saw at import; the run restores its own
+    monkeypatch.setattr(torchrl, "_THREAD_POOL_INIT", 2)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        first = Trainer(_config(tmp_path, *overrides, "iterations=1")).train()
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(threads)
     resumed = Trainer(_config(tmp_path, *overrides, "iterations=2", "checkpoint.resume=true"))
     rows = resumed.train()
     assert len(first) == len(rows) == 1 and rows[0]["frames"] == 2 * resumed.frames_per_batch
