@@ -93,10 +93,10 @@ def load_study(name: str) -> DictConfig:
     path = Path(name)
     if path.suffix in (".yaml", ".yml") and path.is_file():
         study = OmegaConf.load(path)
-        study.name = path.stem
+        study.name, study.source = path.stem, str(path)
     else:
         study = OmegaConf.load(STUDY_DIR / f"{check_choice('study', name, named_studies())}.yaml")
-        study.name = name
+        study.name, study.source = name, f"rl3_torchrl/configs/studies/{name}.yaml"
     return validate_study(study)
 
 
@@ -677,7 +677,8 @@ def write_manifest(study: DictConfig, root, *, command: str, wall_s: float) -> P
     history = root / "commands.log"
     with open(history, "a") as f:
         f.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')}  wall {wall_s / 60:.1f} min  {command}\n")
-    lines = [f"study: {study.name} (rl3_torchrl/configs/studies/{study.name}.yaml)", "invocations:"]
+    source = study.get("source", f"rl3_torchrl/configs/studies/{study.name}.yaml")
+    lines = [f"study: {study.name} ({source})", "invocations:"]
     lines += ["  " + line for line in history.read_text().splitlines()]
     lines += ["versions:"] + [f"  {k}: {v}" for k, v in _versions().items()]
     lines += [f"machine: {_machine()}", f"evaluation: {study.evaluation.num_tasks} held-out tasks per row, test "

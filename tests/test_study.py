@@ -173,7 +173,10 @@ def test_bad_study(change, match):
 def test_study_file_and_bad_names(tmp_path):
     path = tmp_path / "mine.yaml"
     OmegaConf.save(_tiny_study(), path)
-    assert load_study(str(path)).name == "mine"
+    study = load_study(str(path))
+    assert study.name == "mine" and study.source == str(path)
+    assert f"study: mine ({path})" in write_manifest(study, tmp_path, command="pytest", wall_s=1.0).read_text()
+    assert load_study("cpu").source == "rl3_torchrl/configs/studies/cpu.yaml"
     assert "cpu" in named_studies() and "paper" in named_studies()
     with pytest.raises(ValueError, match="study='nope' is not allowed"):
         load_study("nope")
