@@ -224,7 +224,7 @@ def make_collector(
     ray_init_config: dict | None = None,
     ray_remote_config: dict | None = None,
 ):
-    """A sync collector of whole meta-episodes for a backend of :data:`BACKENDS`.
+    """A collector of whole meta-episodes for a backend of :data:`BACKENDS` (synchronous, except ``"async"``).
 
     Args:
         backend (str): ``"single"`` (uses ``env``), ``"multiprocess"`` or ``"ray"`` (one factory per worker), or
