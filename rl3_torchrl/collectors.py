@@ -41,6 +41,7 @@ __all__ = [
     "OverlappedCollector",
     "fold_workers",
     "make_collector",
+    "shutdown_collector",
     "worker_seed",
 ]
 
@@ -168,7 +169,7 @@ class OverlappedCollector(MultiAsyncCollector):
         ...                                 device="cpu")
         >>> [tuple(batch.shape) for batch in collector]
         [(2, 4), (2, 4)]
-        >>> collector.shutdown()
+        >>> shutdown_collector(collector)
     """
 
     def __init__(self, env_factory: MetaEnvFactory, policy, **kwargs):
@@ -193,6 +194,25 @@ class OverlappedCollector(MultiAsyncCollector):
             )
         with torch.no_grad():
             self._behaviour_weights.update_(self._trainer_weights)
+
+
+def shutdown_collector(collector) -> None:
+    """Shut ``collector`` down, and with it the weight-sync schemes of torchrl's multi-process collectors.
+
+    ``collector.shutdown()`` leaves those schemes open; one still referenced when the interpreter exits (e.g. by the
+    traceback of an exception raised inside the training loop) shuts down from its ``__del__`` and can deadlock the
+    exit, waiting for a queue thread that no longer starts. Closing them here leaves nothing for that moment.
+
+    Examples:
+        >>> from rl3_torchrl.modules import make_actor_critic
+        >>> env = MetaEnvFactory("bandit", "rl2", 2, horizon=4)()
+        >>> actor, _ = make_actor_critic(env, "rl2", d_model=8, hidden_sizes=[8], ffn_dim=8, num_heads=2, num_layers=1)
+        >>> shutdown_collector(make_collector("single", None, actor, env=env, frames_per_batch=8, total_frames=8,
+        ...                                   device="cpu"))
+    """
+    collector.shutdown()
+    for scheme in (getattr(collector, "_weight_sync_schemes", None) or {}).values():
+        scheme.shutdown()
 
 
 def fold_workers(data: TensorDictBase, horizon: int) -> TensorDictBase:

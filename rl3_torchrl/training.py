@@ -72,7 +72,7 @@ from rl3_torchrl.checkpoint import (
     save_checkpoint,
     temporary_files,
 )
-from rl3_torchrl.collectors import MetaEnvFactory, fold_workers, make_collector, worker_seed
+from rl3_torchrl.collectors import MetaEnvFactory, fold_workers, make_collector, shutdown_collector, worker_seed
 from rl3_torchrl.modules import INPUT_KEYS, make_actor_critic
 from rl3_torchrl.modules.transformer import MetaCausalTransformer, MetaTransformerModule
 from rl3_torchrl.tasks import ALGORITHMS, TASKS, make_meta_env, task_family
@@ -499,7 +499,7 @@ class Trainer:
                 yield self._batches()
             finally:
                 self._bar.close()
-                self._collector.shutdown()
+                shutdown_collector(self._collector)
                 self._collector = None
                 torch.set_num_threads(threads)  # torchrl's multi-process collectors raise them at shutdown
 

@@ -11,6 +11,8 @@ weights recorded after each update, and that two runs give the same actions and 
 from __future__ import annotations
 
 import pickle
+import subprocess
+import sys
 import warnings
 
 import pytest
@@ -204,6 +206,30 @@ def test_async_run_resumes_from_its_checkpoint(tmp_path, monkeypatch):
     rows = resumed.train()
     assert len(first) == len(rows) == 1 and rows[0]["frames"] == 2 * resumed.frames_per_batch
     assert resumed.iteration == 2
+
+
+_RAISE_IN_LOOP = """
+import sys
+from rl3_torchrl.training import Trainer, load_config
+if __name__ == "__main__":
+    trainer = Trainer(load_config(sys.argv[1:]))
+    try:
+        with trainer.run() as batches:
+            for data in batches:
+                raise RuntimeError("raised inside the training loop")
+    except RuntimeError:
+        pass
+"""
+
+
+def test_async_run_that_raises_exits(tmp_path):
+    """An exception inside the loop leaves the collector referenced until exit; the process must still end (torchrl's
+    weight-sync scheme, shut down from ``__del__`` at interpreter exit, deadlocked it before shutdown_collector)."""
+    script = tmp_path / "raise_in_loop.py"
+    script.write_text(_RAISE_IN_LOOP)
+    args = [*TINY, "collector.backend=async", f"output_dir={tmp_path / 'run'}"]
+    done = subprocess.run([sys.executable, str(script), *args], timeout=120, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
 
 
 def test_async_collector_takes_weights_only_between_batches(tmp_path):
