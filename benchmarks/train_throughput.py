@@ -84,11 +84,11 @@ def main(argv=None):
         fps = {}
         for algo, (backend, workers) in ((a, s) for a in args.algos for s in setups):
             rows, frames = run(config, algo, args.iterations, args.device, args.overrides, backend, workers)
-            mean = timing(rows, frames)
-            fps.setdefault(algo, mean["frames_per_s"])
+            times = timing(rows, frames)
+            fps.setdefault(algo, times["frames_per_s"])
             print(
-                f"{config:<18}{algo:<6}{backend:<14}{workers:>8}{frames:>10}{mean['frames_per_s']:>10.0f}"
-                f"{mean['time_collection']:>11.2f}{mean['time_q_estimation']:>13.2f}{mean['time_update']:>10.2f}"
+                f"{config:<18}{algo:<6}{backend:<14}{workers:>8}{frames:>10}{times['frames_per_s']:>10.0f}"
+                f"{times['time_collection']:>11.2f}{times['time_q_estimation']:>13.2f}{times['time_update']:>10.2f}"
             )
         if "rl2" in fps and "rl3" in fps:
             ratio = fps["rl3"] / fps["rl2"]
