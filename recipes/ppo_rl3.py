@@ -45,7 +45,7 @@ def update(trainer: Trainer, data) -> dict:
     outs, actor_updates, skipped = [], 0, 0
     for epoch in range(cfg.epochs):
         for minibatch, batch in enumerate(buffer):
-            out = loss_module(batch)
+            out = kl_stop.losses(loss_module, batch)  # once the actor has stopped: the critic's loss alone
             loss = kl_stop(out)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()

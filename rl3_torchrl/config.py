@@ -164,6 +164,7 @@ _SCHEMA = {
     "ppo.lr": _real(low=0.0, low_inclusive=False),
     "ppo.adam_eps": _real(low=0.0, low_inclusive=False),
     "ppo.critic_weight_decay": _real(low=0.0),
+    "ppo.fused_optimizer": _flag,
     "ppo.critic_coeff": _real(low=0.0),
     "ppo.loss_critic_type": _one_of(("l1", "l2", "smooth_l1")),
     "ppo.target_kl": _optional(_real(low=0.0, low_inclusive=False)),

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from rl3_torchrl.checkpoint import CheckpointError, save_checkpoint
+from rl3_torchrl.modules import MetaTransformerModule
 from rl3_torchrl.training import Trainer, load_actor, load_config
 
 from _shared import TINY_RUN, load_recipe
@@ -94,6 +95,45 @@ def test_the_recipes_loop_is_the_trainers(tmp_path):
     assert scalars[0].read_text() == scalars[1].read_text()
 
 
+@pytest.mark.parametrize("target_kl", [1e-9, None])
+def test_a_stopped_actor_is_not_evaluated_and_the_weights_are_the_whole_losss(tmp_path, target_kl):
+    """After ActorKLStop stops the actor, Trainer.update runs the critic alone; an independent loop that evaluates
+    the whole ClipPPOLoss on every minibatch and drops the actor's terms gives bit-identical weights."""
+    cfg = _config(tmp_path, "ppo.epochs=3", "num_envs=4", f"ppo.target_kl={'null' if target_kl is None else target_kl}")
+    trainer, oracle = Trainer(cfg), Trainer(cfg)
+    with trainer.run() as batches:
+        data = next(iter(batches))
+        calls = []
+        backbone = next(m for m in trainer.actor.modules() if isinstance(m, MetaTransformerModule))
+        backbone.register_forward_hook(lambda *_: calls.append(1))
+        trainer.advantages(data)
+        for module in ("actor", "critic"):
+            getattr(oracle, module).load_state_dict(getattr(trainer, module).state_dict())
+        rng = torch.get_rng_state()  # the minibatch order of both
+        library = trainer.update(data.clone())
+
+    torch.set_rng_state(rng)  # the oracle: ClipPPOLoss.forward on every minibatch, the actor's terms dropped
+    oracle.loss.entropy_coeff.fill_(trainer.entropy_coeff(0))
+    oracle.buffer.extend(data.clone())
+    stopped, actor_updates = False, 0
+    for _ in range(3):
+        for batch in oracle.buffer:
+            out = oracle.loss(batch)
+            stopped = stopped or (target_kl is not None and bool(out["kl_approx"] > target_kl))
+            total = out["loss_critic"] if stopped else out["loss_critic"] + out["loss_objective"] + out["loss_entropy"]
+            oracle.optimizer.zero_grad(set_to_none=True)
+            total.backward()
+            torch.nn.utils.clip_grad_norm_(oracle.loss.parameters(), cfg.ppo.max_grad_norm)
+            oracle.optimizer.step()
+            actor_updates += not stopped
+    assert library["actor_updates"] == actor_updates
+    assert len(calls) == min(actor_updates + 1, 12)  # until the minibatch that stops the actor, then never again
+    assert 0 < actor_updates < 12 if target_kl else actor_updates == 12  # the stop fired mid-iteration / never
+    for module in ("actor", "critic"):
+        own, expected = getattr(trainer, module).state_dict(), getattr(oracle, module).state_dict()
+        assert all(torch.equal(own[name], expected[name]) for name in own), module
+
+
 def test_the_recipe_killed_and_resumed_reproduces_the_uninterrupted_run(tmp_path):
     recipe = _recipe()
     args = [*TINY, "iterations=4", "checkpoint.every=2"]
@@ -148,6 +188,26 @@ def test_same_seed_same_losses(tmp_path):
     assert [r["loss_objective"] for r in a] == [r["loss_objective"] for r in b]
     c = Trainer(_config(tmp_path / "c", "iterations=2", "eval.every=0", "seed=1")).train()
     assert [r["loss_objective"] for r in a] != [r["loss_objective"] for r in c]
+
+
+def test_the_fused_optimizer_is_reproducible_and_resumes_as_itself(tmp_path):
+    """ppo.fused_optimizer=true: torch's fused AdamW; the same seed gives the same losses, the weights differ from
+    the default kernel's only by rounding, and a resumed run keeps the fused kernel."""
+    fused = Trainer(_config(tmp_path / "a", "iterations=2", "eval.every=0", "ppo.fused_optimizer=true"))
+    assert all(group["fused"] for group in fused.optimizer.param_groups)
+    a = fused.train()
+    b = Trainer(_config(tmp_path / "b", "iterations=2", "eval.every=0", "ppo.fused_optimizer=true")).train()
+    assert [r["loss_critic"] for r in a] == [r["loss_critic"] for r in b]
+    plain = Trainer(_config(tmp_path / "c", "iterations=2", "eval.every=0"))
+    plain.train()
+    for name, value in fused.critic.state_dict().items():
+        torch.testing.assert_close(value, plain.critic.state_dict()[name], rtol=1e-4, atol=1e-5)
+    resumed = Trainer(_config(tmp_path / "a", "iterations=3", "eval.every=0", "ppo.fused_optimizer=true",
+                              "checkpoint.resume=true"))
+    resumed.train()
+    assert all(group["fused"] for group in resumed.optimizer.param_groups)
+    with pytest.raises(CheckpointError, match="ppo.fused_optimizer: checkpoint True vs run False"):
+        Trainer(_config(tmp_path / "a", "iterations=4", "eval.every=0", "checkpoint.resume=true")).train()
 
 
 @pytest.mark.parametrize(
