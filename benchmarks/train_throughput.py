@@ -52,10 +52,12 @@ def run(
 
 
 def timing(rows: list[dict], frames: int) -> dict:
-    """Frames/s of the timed iterations together (their frames over their total time) and the mean seconds of each
-    phase per iteration. With ``backend=async`` consecutive iterations alternate between a longer and a shorter wait
-    for their batch, so the median of per-iteration rates would not be the run's rate."""
-    result = {k: statistics.mean(r[k] for r in rows) for k in ("time_collection", "time_q_estimation", "time_update")}
+    """Frames/s of the timed iterations together (their frames over their total time), the mean seconds of each
+    phase per iteration, and the mean number of minibatches per iteration on which the actor trained (the rest ran
+    the critic alone, after the KL stop). With ``backend=async`` consecutive iterations alternate between a longer
+    and a shorter wait for their batch, so the median of per-iteration rates would not be the run's rate."""
+    keys = ("time_collection", "time_q_estimation", "time_update", "actor_updates")
+    result = {k: statistics.mean(r[k] for r in rows) for k in keys}
     result["frames_per_s"] = frames * len(rows) / sum(frames / r["frames_per_s"] for r in rows)
     return result
 
@@ -78,7 +80,7 @@ def main(argv=None):
     print(f"# torch {torch.__version__}, torchrl {torchrl.__version__}, {threads} threads, {args.device}")
     print(
         f"{'config':<18}{'algo':<6}{'backend':<14}{'workers':>8}"
-        f"{'frames/it':>10}{'frames/s':>10}{'collect s':>11}{'of which Q s':>13}{'update s':>10}"
+        f"{'frames/it':>10}{'frames/s':>10}{'collect s':>11}{'of which Q s':>13}{'update s':>10}{'actor upd':>10}"
     )
     for config in args.configs:
         fps = {}
@@ -89,6 +91,7 @@ def main(argv=None):
             print(
                 f"{config:<18}{algo:<6}{backend:<14}{workers:>8}{frames:>10}{times['frames_per_s']:>10.0f}"
                 f"{times['time_collection']:>11.2f}{times['time_q_estimation']:>13.2f}{times['time_update']:>10.2f}"
+                f"{times['actor_updates']:>10.1f}"
             )
         if "rl2" in fps and "rl3" in fps:
             ratio = fps["rl3"] / fps["rl2"]

@@ -205,27 +205,32 @@ class DenseCountModel(_CountModel):
         R, S, A = ids.shape[0], self.n_states, self.n_actions
         rows = torch.arange(R, device=ids.device)
         pair = ids * A + actions
+        triple_index, pair_index = (rows, pair, next_ids), (rows, pair)
+        one = torch.ones((), dtype=self.dtype, device=ids.device)
         successor_counts = self.successor_counts.view(R, S * A, S)
-        successor_counts[rows, pair, next_ids] += 1
+        successor_counts.index_put_(triple_index, one, accumulate=True)
         counts, reward = self.counts.view(R, S * A), self.reward.view(R, S * A)
-        counts[rows, pair] += 1
-        n = counts[rows, pair]
+        counts.index_put_(pair_index, one, accumulate=True)
+        n = counts[pair_index]
         live = (~self.terminal[rows, ids]).to(self.dtype)  # a terminal state stays absorbing with reward 0
         rewards = rewards.to(self.dtype)
-        smoothed = successor_counts[rows, pair] + self.laplace  # [R, S'], (N(s, a, s') + α)
+        smoothed = successor_counts[pair_index] + self.laplace  # [R, S'], (N(s, a, s') + α)
+        total = n + self.laplace * S
         if self.reward_model == "pair":
-            reward[rows, pair] += live * (rewards - reward[rows, pair]) / n
+            reward[pair_index] += live * (rewards - reward[pair_index]) / n
         else:
             means = self.transition_reward.view(R, S * A, S)
-            triple = successor_counts[rows, pair, next_ids]
-            means[rows, pair, next_ids] += (rewards - means[rows, pair, next_ids]) / triple
-            reward[rows, pair] = live * (smoothed * means[rows, pair]).sum(-1) / (n + self.laplace * S)
-        column = smoothed * (self.gamma * live / (n + self.laplace * S))[:, None]
-        self.transition[rows, :, pair] = column
-        self.terminal[rows, next_ids] |= terminal
-        keep = (~terminal).to(self.dtype)
-        self.transition.view(R, S, S, A)[rows, :, next_ids] *= keep[:, None, None]
-        self.reward[rows, next_ids] *= keep[:, None]
+            mean = means[triple_index]
+            means[triple_index] = mean + (rewards - mean) / successor_counts[triple_index]
+            reward[pair_index] = live * (smoothed * means[pair_index]).sum(-1) / total
+        self.transition[rows, :, pair] = smoothed * (self.gamma * live / total)[:, None]
+        # a host read of a CPU tensor is no device sync: skip the terminal bookkeeping when no row ended (always the
+        # case in tasks without terminal states); on accelerators it runs unconditionally
+        if terminal.device.type != "cpu" or bool(terminal.any()):
+            self.terminal[rows, next_ids] |= terminal
+            keep = (~terminal).to(self.dtype)
+            self.transition.view(R, S, S, A)[rows, :, next_ids] *= keep[:, None, None]
+            self.reward[rows, next_ids] *= keep[:, None]
 
     def backup(self):
         return DenseBackup(self.transition, self.reward), self.q
