@@ -14,6 +14,7 @@ import pickle
 import subprocess
 import sys
 import warnings
+from pathlib import Path
 
 import pytest
 import torch
@@ -258,3 +259,16 @@ def test_compile_failure_falls_back_to_eager_with_a_warning(tmp_path):
     with pytest.warns(RuntimeWarning, match="torch.compile of the Transformer window path failed"):
         fallback = trainer.train()
     assert fallback[0]["loss_objective"] == eager[0]["loss_objective"]
+
+
+def test_a_doctest_collected_first_does_not_duplicate_the_collectors_module():
+    """The repository's conftest.py imports the package before pytest collects doctests: without it, running a
+    doctest of ``rl3_torchrl/collectors.py`` before the multi-process tests made pytest load a second copy of the
+    module, and the workers could not unpickle the collector class ("Worker 0 failed to initialize")."""
+    root = Path(__file__).parents[1]
+    selection = ["rl3_torchrl/collectors.py::rl3_torchrl.collectors.MetaEpisodeCollector",
+                 "tests/test_distributed.py::test_multiprocess_collector"]
+    done = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *selection], cwd=root,
+                          timeout=120, capture_output=True, text=True)
+    assert done.returncode == 0, done.stdout[-2000:]
+    assert "2 passed" in done.stdout
