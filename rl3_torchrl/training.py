@@ -723,9 +723,8 @@ def _mean(values: list[torch.Tensor]) -> float:
 
 def _nonfinite_losses(out, grad_norm) -> list[str]:
     """The names of the non-finite losses of a minibatch (and the gradient norm), for the error message."""
-    names = [
-        key for key in ("loss_objective", "loss_critic", "loss_entropy") if key in out and not bool(torch.isfinite(out[key]))
-    ]
+    losses = [key for key in ("loss_objective", "loss_critic", "loss_entropy") if key in out]  # see ActorKLStop.losses
+    names = [key for key in losses if not bool(torch.isfinite(out[key]))]
     return names + ([] if bool(torch.isfinite(grad_norm)) else ["the gradient norm"])
 
 
