@@ -262,7 +262,7 @@ def test_compile_failure_falls_back_to_eager_with_a_warning(tmp_path):
 
 
 def test_a_doctest_collected_first_does_not_duplicate_the_collectors_module():
-    """The repository's conftest.py imports the package before pytest collects doctests: without it, running a
+    """tests/conftest.py imports the package before pytest collects doctests: without it, running a
     doctest of ``rl3_torchrl/collectors.py`` before the multi-process tests made pytest load a second copy of the
     module, and the workers could not unpickle the collector class ("Worker 0 failed to initialize")."""
     root = Path(__file__).parents[1]
