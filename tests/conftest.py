@@ -1,5 +1,6 @@
 """Suite-wide settings: one torch thread (tiny tensors; avoids thread contention on 2-core machines); this folder on
-``sys.path`` for the helpers of ``_shared.py``; every matplotlib figure a test leaves open is closed after it."""
+``sys.path`` for the helpers of ``_shared.py``; every module of ``rl3_torchrl`` imported before collection (see
+below); every matplotlib figure a test leaves open is closed after it."""
 import importlib
 import pkgutil
 import sys
