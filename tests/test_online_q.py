@@ -22,6 +22,7 @@ from rl3_torchrl.transforms import (
     SparseBackup,
     SparseCountModel,
     StateAbstraction,
+    grid_coordinates,
     q_feature_slices,
 )
 
@@ -404,7 +405,7 @@ GRID = [[EMPTY, EMPTY, GOAL, EMPTY, EMPTY],
         [EMPTY, EMPTY, EMPTY, EMPTY, DANGER]]  # fmt: skip
 
 
-def small_grid_rollout(estimator, steps=70, num_envs=3, device=None):
+def small_grid_rollout(estimator, steps=70, num_envs=3, device=None, seed=0):
     env = TransformedEnv(
         GridworldEnv(num_envs=num_envs, size=5, horizon=40, goal_min_distance=1, n_obstacles=0, n_water=0,
                      n_dangers=0, seed=0, device=device),
@@ -412,17 +413,18 @@ def small_grid_rollout(estimator, steps=70, num_envs=3, device=None):
     )  # fmt: skip
     td = env.reset()
     env.base_env.set_tiles(torch.tensor(GRID))
-    torch.manual_seed(0)
+    torch.manual_seed(seed)
     return env, env.rollout(steps, auto_reset=False, tensordict=td, break_when_any_done=False).cpu()
 
 
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("paper", [True, False])
 @pytest.mark.parametrize("radius", [None, 0.25])
-def test_gridworld_step_by_step_equivalence(radius, paper, device):
+@pytest.mark.parametrize("seed", [0, 4])  # seed 4 meets an exact distance tie between two open groups
+def test_gridworld_step_by_step_equivalence(radius, paper, device, seed):
     est = OnlineQEstimator.from_preset("gridworld", dtype=torch.float64, tol=1e-11, max_sweeps=20000,
                                        abstraction_radius=radius, **({} if paper else OURS))  # fmt: skip
-    _, rollout = small_grid_rollout(est, device=device)
+    _, rollout = small_grid_rollout(est, device=device, seed=seed)
     coordinates = np.array([[c // 5 / 5, c % 5 / 5] for c in range(25)])
     reward_model = "transition" if paper else "pair"
     terminals = check_rollout_against_reference(
@@ -491,6 +493,54 @@ def test_abstraction_pairs_orthogonal_neighbours_in_discovery_order():
     assert cell_to_id[0, [cell(3, 0), cell(4, 0)]].tolist() == [4, 5]
     # 11×11 uses radius 0.1 (1/11 ≈ 0.091 within, diagonal 0.129 outside)
     assert StateAbstraction.grid(11).neighbours.shape == (121, 4)
+
+
+def brute_force_groups(side, radius_cells, cells, terminal):
+    """The discovery rule in exact integer arithmetic (squared distances in cell units), one cell at a time."""
+    group_of, members, closed = {}, [], set()
+    for cell, term in zip(cells, terminal):
+        if cell in group_of:
+            continue
+        candidates = []
+        for seen, group in group_of.items():
+            d2 = (seen // side - cell // side) ** 2 + (seen % side - cell % side) ** 2
+            if not term and d2 <= radius_cells**2 and len(members[group]) < 2 and group not in closed:
+                candidates.append((d2, group))
+        if candidates:
+            nearest = min(d2 for d2, _ in candidates)
+            group = min(group for d2, group in candidates if d2 == nearest)  # exact ties: the oldest group
+        else:
+            group = len(members)
+            members.append([])
+            if term:
+                closed.add(group)
+        members[group].append(cell)
+        group_of[cell] = group
+    return [group_of.get(c, -1) for c in range(side * side)]
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    side=st.sampled_from([5, 7, 13]),
+    radius_cells=st.sampled_from([1.2, 1.5, 2.1]),  # orthogonal; + diagonal; + two straight steps away
+    steps=st.lists(st.tuples(st.integers(0, 168), st.integers(0, 168), st.booleans()), min_size=1, max_size=40),
+    float32=st.booleans(),
+)
+def test_discovery_matches_a_brute_force_in_integer_distances(side, radius_cells, steps, float32):
+    # two rows discovering different cells at once; equal distances must tie exactly as in integer arithmetic,
+    # also when the coordinates are float32 (whose rounding of k/side made some equal distances differ)
+    coordinates = grid_coordinates(side)
+    abstraction = StateAbstraction(coordinates.float() if float32 else coordinates, radius_cells / side)
+    n = side * side
+    cells = torch.tensor([[a % n, b % n] for a, b, _ in steps])
+    terminal = torch.tensor([[term, False] for *_, term in steps])
+    state_to_id = torch.full((2, n + 1), -1)
+    size, count = torch.zeros(2, n, dtype=torch.long), torch.zeros(2, dtype=torch.long)
+    for t in range(len(steps)):
+        abstraction.discover(cells[t], state_to_id, size, count, isolate=terminal[t])
+    for row in range(2):
+        expected = brute_force_groups(side, radius_cells, cells[:, row].tolist(), terminal[:, row].tolist())
+        assert state_to_id[row, :n].tolist() == expected
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])

@@ -18,23 +18,27 @@ from rl3_torchrl._validation import check_float, check_int
 #: :attr:`~rl3_torchrl.envs.GridworldEnv.PRESETS`, by the same rule (orthogonal neighbours at 1/7 ≈ 0.143 are
 #: within it, diagonal ones at ≈ 0.202 are not).
 GRID_RADIUS = {7: 0.15, 11: 0.1, 13: 0.08}
-#: Distances closer than this count as equal (ties go to the oldest group, not to rounding noise).
+#: Distances closer than this count as equal (ties go to the oldest group, not to rounding noise); coordinates
+#: coarser than float64 widen it to their precision (see :class:`StateAbstraction`).
 TIE_TOLERANCE = 1e-9
 
 
 def grid_coordinates(side: int) -> torch.Tensor:
-    """``(row/side, col/side)`` of the cells ``row * side + col`` of a square grid, float ``[side², 2]``.
+    """``(row/side, col/side)`` of the cells ``row * side + col`` of a square grid, float64 ``[side², 2]``.
+
+    Float64, so that equal distances between cells stay equal within :data:`TIE_TOLERANCE` (in float32 the
+    rounding of ``k/side`` makes some orthogonal neighbours look nearer than others, and decides ties).
 
     Examples:
         >>> grid_coordinates(2)
         tensor([[0.0000, 0.0000],
                 [0.0000, 0.5000],
                 [0.5000, 0.0000],
-                [0.5000, 0.5000]])
+                [0.5000, 0.5000]], dtype=torch.float64)
     """
     side = check_int("side", side, low=1)
     cells = torch.arange(side * side)
-    return torch.stack([cells // side, cells % side], -1).to(torch.float32) / side
+    return torch.stack([cells // side, cells % side], -1).to(torch.float64) / side
 
 
 class StateAbstraction(torch.nn.Module):
@@ -43,6 +47,9 @@ class StateAbstraction(torch.nn.Module):
     Args:
         coordinates (Tensor): float ``[n_states, D]``, the position of every state.
         radius (float): states within this Euclidean distance may share a group.
+
+    Distances equal within ``tie_tolerance`` (an attribute) tie: :data:`TIE_TOLERANCE` for float64 (or integer) coordinates,
+    widened to the precision of coarser floats (``32·eps·max|coordinate|``), so that rounding does not break ties.
 
     Keyword Args:
         max_group_size (int): a group accepts new members while it has fewer than this many (default 2).
@@ -69,6 +76,9 @@ class StateAbstraction(torch.nn.Module):
         self.radius = check_float("radius", radius, low=0.0)
         self.max_group_size = check_int("max_group_size", max_group_size, low=1)
         self.n_states = coordinates.shape[0]
+        precision = torch.finfo(coordinates.dtype).eps if coordinates.is_floating_point() else 0.0
+        scale = float(coordinates.abs().max()) if coordinates.numel() else 0.0
+        self.tie_tolerance = max(TIE_TOLERANCE, 32 * precision * scale)
         coordinates = coordinates.to(torch.float64)
         distance = torch.cdist(coordinates, coordinates)
         distance.fill_diagonal_(math.inf)
@@ -142,7 +152,7 @@ def discover_states(abstraction, states, state_to_id, group_size, n_groups, isol
         if isolate is not None:
             open_ = open_ & ~isolate[:, None]
         distance = torch.where(open_, abstraction.distances[states], math.inf)
-        nearest = open_ & (distance <= distance.amin(-1, keepdim=True) + TIE_TOLERANCE)
+        nearest = open_ & (distance <= distance.amin(-1, keepdim=True) + abstraction.tie_tolerance)
         oldest = torch.where(nearest, neighbour_group, group_size.shape[1]).amin(-1)
         group = torch.where(open_.any(-1), oldest, n_groups)
     group = torch.where(new, group, current)
