@@ -209,9 +209,10 @@ def markdown(report: dict) -> str:
     target = [r for r in report["throughput"]
               if r["config"] == "paper_random_mdp" and not r["overrides"] and r["backend"] == "single"]
     if target:
-        best = max(r["frames_per_s"] for r in target)
-        lines += ["", f"Paper random-MDP config: {best:,.0f} frames/s; target ≥ {PAPER_TARGET:,}: "
-                      f"{'met' if best >= PAPER_TARGET else 'not met'}."]
+        rates = ", ".join(f"{r['algo']} {r['frames_per_s']:,.0f}" for r in target)
+        met = any(r["frames_per_s"] >= PAPER_TARGET for r in target)
+        lines += ["", f"Paper random-MDP config (64 envs), frames/s: {rates}; target ≥ {PAPER_TARGET:,}: "
+                      f"{'met' if met else 'not met'}."]
     return "\n".join(lines) + "\n"
 
 
