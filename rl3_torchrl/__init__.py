@@ -3,7 +3,8 @@
 Subpackages: :mod:`rl3_torchrl.envs` (task families and exact oracles), :mod:`rl3_torchrl.transforms` (the RL²
 inputs and the online Q estimator), :mod:`rl3_torchrl.modules` (the KV-cached Transformer actor-critic and
 baseline policies); modules :mod:`rl3_torchrl.tasks` (named tasks and the env pipeline),
-:mod:`rl3_torchrl.training` (PPO meta-training), :mod:`rl3_torchrl.evaluation` and :mod:`rl3_torchrl.plotting`.
+:mod:`rl3_torchrl.training` (PPO meta-training), :mod:`rl3_torchrl.objectives` (decoupled PPO),
+:mod:`rl3_torchrl.evaluation` and :mod:`rl3_torchrl.plotting`.
 """
 from rl3_torchrl.checkpoint import CheckpointError, RunLock, load_checkpoint, save_checkpoint
 from rl3_torchrl.envs import (
@@ -29,6 +30,7 @@ from rl3_torchrl.modules import (
     make_actor_critic,
 )
 from rl3_torchrl.modules.transformer import _old_name_getattr
+from rl3_torchrl.objectives import DecoupledClipPPOLoss
 from rl3_torchrl.tasks import TASKS, make_meta_env, make_task_env, register_task, task_family
 from rl3_torchrl.training import NonFiniteError, Trainer, load_actor, load_config, train
 from rl3_torchrl.transforms import MetaRLInputs, OnlineQEstimator, StateAbstraction
@@ -39,6 +41,7 @@ __getattr__ = _old_name_getattr(__name__)
 __all__ = [
     "TASKS",
     "CheckpointError",
+    "DecoupledClipPPOLoss",
     "GridworldEnv",
     "MetaCausalTransformer",
     "MetaRLInputs",

@@ -76,6 +76,7 @@ from rl3_torchrl.checkpoint import (
 from rl3_torchrl.collectors import MetaEnvFactory, fold_workers, make_collector, shutdown_collector, worker_seed
 from rl3_torchrl.modules import INPUT_KEYS, make_actor_critic
 from rl3_torchrl.modules.transformer import MetaCausalTransformer, MetaTransformerModule
+from rl3_torchrl.objectives import DecoupledClipPPOLoss
 from rl3_torchrl.tasks import ALGORITHMS, TASKS, make_meta_env, task_family
 
 CHECKPOINT_NAME = "checkpoint.pt"
@@ -153,7 +154,7 @@ class Trainer:
                 if isinstance(module, MetaCausalTransformer):
                     module.compile_window(backend=cfg.compile.backend, mode=cfg.compile.mode)
         ppo = cfg.ppo
-        self.loss = ClipPPOLoss(
+        self.loss = (DecoupledClipPPOLoss if ppo.decoupled else ClipPPOLoss)(
             self.actor,
             self.critic,
             clip_epsilon=ppo.clip_epsilon,
@@ -353,13 +354,16 @@ class Trainer:
 
     # ------------------------------------------------------------------ one iteration
     def advantages(self, data) -> None:
-        """GAE on the rewards times ``ppo.reward_scale``, in place (the critic learns the scaled returns).
+        """GAE on the rewards times ``ppo.reward_scale``, in place (the critic learns the scaled returns); with
+        ``ppo.decoupled``, also the proximal log-probs of the actions under the weights the update starts from.
 
         The stock call ``GAE(gamma, lmbda, value_network=critic, shifted=True)(data)`` on the ``[B, H]`` batch (its
         last dim is named ``"time"``, so the critic runs its window path over each whole meta-episode)."""
         data["next", SCALED_REWARD_KEY] = data["next", "reward"] * self.cfg.ppo.reward_scale
         with torch.no_grad():
             self.gae(data)
+        if isinstance(self.loss, DecoupledClipPPOLoss):
+            self.loss.write_proximal_log_prob(data)
 
     def update(self, data) -> dict:
         """The library's PPO update: epochs on minibatches of whole meta-episodes; returns the iteration's means.
