@@ -1,9 +1,10 @@
 """Where a collection step's time goes: the stock Collector's step against its parts measured alone, in one run.
 
 For a config's env pipeline and actor (the default config, RL³, or ``--algo rl2``, ``--config paper_random_mdp``,
-``--device cuda``) it times, per batched step of ``num_envs`` envs over whole meta-episodes: the env with every transform (random actions, through
-``step_and_maybe_reset``); the backbone's cached step alone (``MetaCausalTransformer.step`` on a ready token); the
-whole actor (TensorDict in and out, heads, distribution, sampling); and a full step of the stock ``Collector``.
+``--device cuda``) it times, per batched step of ``num_envs`` envs over whole meta-episodes: the env with every
+transform (random actions, through ``step_and_maybe_reset``); the backbone's cached step alone
+(``MetaCausalTransformer.step`` on a ready token); the whole actor (TensorDict in and out, heads, distribution,
+sampling); and a full step of the stock ``Collector``.
 It prints each in ms and the issue-#14 ratio: collector step / (env + transforms + bare backbone step), target ≤ 1.5.
 
     python benchmarks/collection_step.py --threads 1

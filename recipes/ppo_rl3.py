@@ -6,6 +6,7 @@
     python recipes/ppo_rl3.py config=paper_gridworld algo=rl3_coarse
     python recipes/ppo_rl3.py checkpoint.resume=true            # continue a killed run from its checkpoint
     python recipes/ppo_rl3.py collector.backend=multiprocess collector.workers=2   # 2 collection processes
+    python recipes/ppo_rl3.py collector.backend=async ppo.decoupled=true  # collect during the update; decoupled PPO
     python recipes/ppo_rl3.py collector.backend=ray collector.workers=2 collector.ray.address=auto  # a Ray cluster
     python recipes/ppo_rl3.py config=paper_random_mdp --help    # the merged configuration, with its comments
 
@@ -16,7 +17,8 @@ What lives where. This file owns the loop: collect one meta-episode per env, com
 (:func:`update`, the part to edit to change the update: the loss, the minibatches, the KL stop, the optimiser
 step), then end the iteration (weights to the collector, logging, evaluation, checkpoint). The library builds the
 parts from the configuration and keeps what must not be re-implemented per recipe:
-:class:`~rl3_torchrl.training.Trainer` (env, transforms, actor-critic, ``ClipPPOLoss``, stock ``GAE``, the optimiser
+:class:`~rl3_torchrl.training.Trainer` (env, transforms, actor-critic, ``ClipPPOLoss`` or with ``ppo.decoupled`` its
+subclass :class:`~rl3_torchrl.objectives.DecoupledClipPPOLoss`, stock ``GAE``, the optimiser
 with critic-only weight decay, the minibatch buffer; ``run()`` = run lock, exact resume, collector;
 ``end_iteration()`` = logs with ``frames``, evaluation, atomic checkpoints), :class:`~rl3_torchrl.training.ActorKLStop`
 (the paper's actor-only KL stop) and the non-finite guards. ``Trainer.train()`` is this same loop with
@@ -75,7 +77,8 @@ def main(argv=None):
     history = []
     with trainer.run() as batches:  # run lock, resume from checkpoint.pt, logger, collector
         for data in batches:  # one meta-episode per env: [num_envs, H]
-            trainer.advantages(data)  # stock GAE(value_network=critic, shifted=True) on reward × ppo.reward_scale
+            trainer.advantages(data)  # stock GAE(critic, shifted=True) on reward × ppo.reward_scale; ppo.decoupled:
+            # also the actions' log-probs under the weights the update starts from (the proximal policy)
             stats = update(trainer, data)
             history.append(trainer.end_iteration(data, stats))  # weights to the collector, log, eval, checkpoint
 

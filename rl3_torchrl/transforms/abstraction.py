@@ -48,8 +48,9 @@ class StateAbstraction(torch.nn.Module):
         coordinates (Tensor): float ``[n_states, D]``, the position of every state.
         radius (float): states within this Euclidean distance may share a group.
 
-    Distances equal within ``tie_tolerance`` (an attribute) tie: :data:`TIE_TOLERANCE` for float64 (or integer) coordinates,
-    widened to the precision of coarser floats (``32·eps·max|coordinate|``), so that rounding does not break ties.
+    Distances equal within ``tie_tolerance`` (an attribute) tie: :data:`TIE_TOLERANCE` for float64 (or integer)
+    coordinates, widened to the precision of coarser floats (``32·eps·max|coordinate|``), so that rounding does not
+    break ties.
 
     Keyword Args:
         max_group_size (int): a group accepts new members while it has fewer than this many (default 2).
