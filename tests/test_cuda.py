@@ -33,11 +33,13 @@ def test_training_on_cuda(tmp_path, env, algo):
     assert all(p.device.type == "cpu" for p in actor.parameters())
 
 
-def test_async_collection_on_cuda_is_reproducible(tmp_path):
-    """The overlapped collector's worker shares the behaviour weights with the trainer through CUDA IPC."""
+@pytest.mark.parametrize("decoupled", [False, True])
+def test_async_collection_on_cuda_is_reproducible(tmp_path, decoupled):
+    """The overlapped collector's worker shares the behaviour weights with the trainer through CUDA IPC; with
+    ppo.decoupled the proximal log-probs are computed on the device too."""
     def losses(folder):
         cfg = load_config(["horizon=20", "num_envs=4", "iterations=3", "device=cuda", "collector.backend=async",
-                           f"output_dir={tmp_path / folder}", *TINY])
+                           f"ppo.decoupled={decoupled}", f"output_dir={tmp_path / folder}", *TINY])
         return [row["loss_objective"] for row in Trainer(cfg).train()]
 
     first = losses("a")
