@@ -27,7 +27,9 @@ class DecoupledClipPPOLoss(ClipPPOLoss):
     the importance weights are this class's own). Call :meth:`write_proximal_log_prob` on each batch before its
     minibatches. When the batch was collected by the current weights (synchronous collection) the proximal policy
     is the behaviour policy and the losses equal ``ClipPPOLoss``'s, up to the rounding difference between the
-    actor's step path (collection) and window path (the loss).
+    actor's step path (collection) and window path (the loss). It overrides two private methods of torchrl 0.14's
+    ``ClipPPOLoss`` (``_log_weight``, and ``_get_cur_log_prob`` for the proximal pass, so that both log-probs come
+    from the same code); ``tests/test_objectives.py`` checks the result against the objective written out by hand.
 
     Examples:
         >>> import torch
