@@ -33,6 +33,7 @@ from torchrl.objectives.value import GAE
 
 from rl3_torchrl.envs import RandomMDPEnv
 from rl3_torchrl.modules import make_actor_critic
+from rl3_torchrl.objectives import DecoupledClipPPOLoss
 from rl3_torchrl.transforms import MetaRLInputs, OnlineQEstimator
 
 torch.manual_seed(0)
@@ -105,6 +106,20 @@ data = next(iter(Collector(make_env(seed=1), actor, frames_per_batch=B * H, tota
 with torch.no_grad():
     gae(data)
     print("kl_approx before any update:", loss_fn(data)["kl_approx"].item())
+
+# %%
+# **Batches from older weights.** A loop that collects the next batch while it updates (TorchRL's
+# :class:`~torchrl.collectors.MultiAsyncCollector`, or ``collector.backend=async`` in the recipe) trains on data from
+# the weights of one update earlier, and ``ClipPPOLoss`` then clips, and ``kl_approx`` measures, from those older
+# weights. :class:`~rl3_torchrl.objectives.DecoupledClipPPOLoss` takes ``ClipPPOLoss``'s arguments and clips around
+# the weights at the update's start instead, weighting each sample by π_prox / π_behav; call its
+# ``write_proximal_log_prob`` once per batch, after GAE. On a batch from the current weights it gives
+# ``ClipPPOLoss``'s numbers:
+decoupled = DecoupledClipPPOLoss(actor, critic, clip_epsilon=0.2, entropy_coeff=0.01, normalize_advantage=True)
+with torch.no_grad():
+    decoupled.write_proximal_log_prob(data)
+    print("loss_objective, ClipPPOLoss:", loss_fn(data)["loss_objective"].item(),
+          " DecoupledClipPPOLoss:", decoupled(data)["loss_objective"].item())
 
 
 # %%
