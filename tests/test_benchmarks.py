@@ -18,6 +18,9 @@ def load(name: str):
 def test_collection_step_times_every_part(config, algo):
     times = load("collection_step").main(["--config", config, "--algo", algo, "--horizon", "6", "--num-envs", "2",
                                           "--repeats", "1", "--device", "cpu"])  # fmt: skip
-    parts = ("env + transforms", "backbone step", "actor step", "collector step")
+    parts = ("env + transforms", "backbone step", "bare actor step", "actor step", "collector step")
     assert all(times[part] > 0 for part in parts)
-    assert times["ratio"] == pytest.approx(times["collector step"] / (times["env + transforms"] + times["backbone step"]))
+    assert times["ratio"] == pytest.approx(times["collector step"] / (times["env + transforms"] + times["bare actor step"]))
+    assert times["backbone ratio"] == pytest.approx(
+        times["collector step"] / (times["env + transforms"] + times["backbone step"])
+    )

@@ -317,3 +317,27 @@ def test_no_positions_step_path_equals_window_path_and_any_length_fits():
     assert torch.allclose(longer(x), net(x), atol=1e-6)
     with pytest.raises(ValueError, match=r"positions='rotary' is not allowed; choose one of \['learned', 'none'\]"):
         MetaCausalTransformer(5, max_len=4, positions="rotary")
+
+
+@pytest.mark.parametrize("path", ["step", "window"])
+def test_token_of_mixed_dtypes_and_layouts_equals_the_float_token(path):
+    """Entries without a feature dim, of integer dtype, and an integer ``is_init`` make the token (and outputs) of
+    the same values given as float ``[..., F]`` entries with a bool ``is_init``."""
+    module = make_module()
+    shape = (3,) if path == "step" else (3, 4)
+    floats = make_data(3, 4, first_steps(3, 4))
+    floats["a"] = torch.randint(0, 5, (3, 4, 2)).float()  # integer-valued, so exact in any dtype
+    floats = floats[:, 0] if path == "step" else floats
+    mixed = floats.clone()
+    mixed["a"] = floats["a"].long()
+    mixed["b"] = floats["b"].double()  # float32 values, exact in float64
+    mixed["is_init"] = floats["is_init"].reshape(shape).to(torch.uint8)  # no feature dim, not bool
+    x_float, init_float = module._inputs(floats)
+    x_mixed, init_mixed = module._inputs(mixed)
+    assert x_mixed.dtype == torch.float32 and init_mixed.dtype == torch.bool
+    assert torch.equal(x_mixed, x_float) and torch.equal(init_mixed, init_float)
+    with set_recurrent_mode(path == "window"):
+        out_float = module(floats.clone())["out"]
+        module.reset_cache()
+        out_mixed = module(mixed.clone())["out"]
+    assert torch.equal(out_mixed, out_float)

@@ -578,8 +578,15 @@ class MetaTransformerModule(TensorDictModuleBase):
         if any(value is None for value in values):
             raise self._missing_inputs_error(tensordict)
         shape, dtype = tensordict.shape, self.backbone.embed[0].weight.dtype
-        tokens = [value.reshape(*shape, -1).to(dtype) for value in values[: len(self.token_keys)]]
-        return torch.cat(tokens, -1), values[-1].reshape(*shape, 1).bool()
+        ndim = len(shape) + 1  # entries already [*shape, features] of the right dtype go in as they are
+        tokens = [
+            value if value.dim() == ndim and value.dtype == dtype else value.reshape(*shape, -1).to(dtype)
+            for value in values[: len(self.token_keys)]
+        ]
+        is_init = values[-1]
+        if is_init.dim() != ndim or is_init.dtype != torch.bool:
+            is_init = is_init.reshape(*shape, 1).bool()
+        return torch.cat(tokens, -1), is_init
 
     def _missing_inputs_error(self, tensordict: TensorDictBase) -> KeyError:
         missing = [key for key in self.in_keys if key not in tensordict.keys(include_nested=True)]
