@@ -21,6 +21,7 @@ from rl3_torchrl.envs import (
 )
 from rl3_torchrl.evaluation import evaluate, evaluate_actor, evaluate_baseline, run_meta_episodes
 from rl3_torchrl.modules import (
+    CategoricalActor,
     MetaCausalTransformer,
     MetaTransformerModule,
     ModelBasedPolicy,
@@ -40,6 +41,7 @@ __getattr__ = _old_name_getattr(__name__)
 
 __all__ = [
     "TASKS",
+    "CategoricalActor",
     "CheckpointError",
     "DecoupledClipPPOLoss",
     "GridworldEnv",

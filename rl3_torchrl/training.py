@@ -823,7 +823,7 @@ def load_actor(
         ...                        "eval.every=0", "progress=false", f"output_dir={out}"]))
         >>> actor, cfg = load_actor(f"{out}/checkpoint.pt", task="bandit_ood")
         >>> cfg.env, type(actor).__name__
-        ('bandit', 'ProbabilisticActor')
+        ('bandit', 'CategoricalActor')
         >>> load_actor(f"{out}/checkpoint.pt", horizon=7)  # doctest: +ELLIPSIS
         Traceback (most recent call last):
         ...

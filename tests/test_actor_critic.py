@@ -1,16 +1,27 @@
-"""make_actor_critic against the key contract, and one end-to-end PPO loop with a stock Collector."""
+"""make_actor_critic against the key contract, CategoricalActor against ProbabilisticActor, and one end-to-end PPO
+loop with a stock Collector."""
+import copy
+
 import pytest
 import torch
+from tensordict import TensorDict
+from tensordict.nn import TensorDictModule, set_skip_existing
 from torchrl.collectors import Collector
 from torchrl.data import LazyTensorStorage, ReplayBuffer
 from torchrl.data.replay_buffers import SamplerWithoutReplacement
 from torchrl.envs import InitTracker, TransformedEnv
 from torchrl.envs.utils import ExplorationType, check_env_specs, set_exploration_type
-from torchrl.modules import set_recurrent_mode
+from torchrl.modules import OneHotCategorical, ProbabilisticActor, set_recurrent_mode
 from torchrl.objectives import ClipPPOLoss
 from torchrl.objectives.value import GAE
 
-from rl3_torchrl.modules import RL2_INPUT_KEYS, RL3_INPUT_KEYS, MetaTransformerModule, make_actor_critic
+from rl3_torchrl.modules import (
+    RL2_INPUT_KEYS,
+    RL3_INPUT_KEYS,
+    CategoricalActor,
+    MetaTransformerModule,
+    make_actor_critic,
+)
 
 from _shared import TINY_MODULE, A, S, ToyMetaEnv
 
@@ -67,6 +78,73 @@ def test_errors_name_the_problem():
     with pytest.raises(ValueError, match="max_len"):
         make_actor_critic(TransformedEnv(no_horizon, InitTracker()), "rl2")
     assert make_actor_critic(env, "rl2", max_len=50, **TINY)[1].backbone.max_len == 50
+
+
+@pytest.mark.parametrize("algo, share_body", [("rl2", False), ("rl3", False), ("rl3", True)])
+def test_categorical_actor_samples_what_probabilistic_actor_samples(algo, share_body):
+    """Step by step through meta-episodes, and on the collected window: the same seed gives bit-identical outputs
+    (action, log-prob, logits, the shared critic's value) from the direct path and from ProbabilisticActor.forward."""
+    env = make_env(num_envs=3, horizon=5)
+    actor, _ = make_actor_critic(env, algo, share_body=share_body, **TINY)
+    assert isinstance(actor, CategoricalActor)
+    fast, stock = copy.deepcopy(actor), copy.deepcopy(actor)  # one KV cache each
+    steps, td = [], env.reset()
+    with torch.no_grad(), set_exploration_type(ExplorationType.RANDOM):
+        for t in range(2 * env.horizon):  # two meta-episodes: the caches restart on is_init
+            torch.manual_seed(t)
+            out = fast(td.clone())
+            torch.manual_seed(t)
+            expected = ProbabilisticActor.forward(stock, td.clone())
+            assert set(out.keys(True)) == set(expected.keys(True))
+            assert (out == expected).all(), f"step {t}"
+            steps.append(out)
+            _, td = env.step_and_maybe_reset(out)
+        window = torch.stack(steps[: env.horizon], 1)
+        window.names = [None, "time"]
+        torch.manual_seed(0)
+        out = fast(window.clone())
+        torch.manual_seed(0)
+        assert (out == ProbabilisticActor.forward(stock, window.clone())).all()
+
+
+def test_categorical_actor_defers_all_but_sampling_calls(monkeypatch):
+    """Only a sampling call on a TensorDict takes the direct path; the others, and get_dist, are the stock ones."""
+    actor = CategoricalActor(TensorDictModule(torch.nn.Linear(3, 4), ["obs"], ["logits"]), in_keys=["logits"],
+                             distribution_class=torch.distributions.Categorical, return_log_prob=True)  # fmt: skip
+    td = TensorDict(obs=torch.randn(6, 3), batch_size=[6])
+    with set_exploration_type(ExplorationType.DETERMINISTIC):
+        mode = actor(td.clone())
+    assert torch.equal(mode["action"], mode["logits"].argmax(-1))
+    with set_exploration_type(ExplorationType.RANDOM):
+        direct = actor(td.clone())
+        by_keyword = actor(obs=td["obs"])  # keyword inputs: ProbabilisticActor's dispatch
+    assert dict(zip(actor.out_keys, by_keyword))["action"].shape == direct["action"].shape
+    assert torch.allclose(direct["action_log_prob"], actor.get_dist(direct).log_prob(direct["action"]))
+
+    def stock_forward(*args, **kwargs):
+        raise AssertionError("deferred to ProbabilisticActor.forward")
+
+    monkeypatch.setattr(ProbabilisticActor, "forward", stock_forward)
+    with set_exploration_type(ExplorationType.RANDOM):
+        actor(td.clone())  # the direct path
+        with set_skip_existing(True), pytest.raises(AssertionError, match="deferred"):
+            actor(td.clone())
+    for exploration in (ExplorationType.DETERMINISTIC, ExplorationType.MEAN):
+        with set_exploration_type(exploration), pytest.raises(AssertionError, match="deferred"):
+            actor(td.clone())
+
+
+def test_categorical_actor_refuses_what_it_cannot_sample():
+    logits = TensorDictModule(torch.nn.Linear(3, 4), ["obs"], ["logits"])
+    with pytest.raises(ValueError, match="distribution_class=OneHotCategorical.*ProbabilisticActor"):
+        CategoricalActor(logits, in_keys=["logits"], distribution_class=OneHotCategorical, return_log_prob=True)
+    with pytest.raises(ValueError, match="return_log_prob=False"):
+        CategoricalActor(logits, in_keys=["logits"], distribution_class=torch.distributions.Categorical)
+    one_hot_env = make_env()
+    one_hot_env.set_spec_lock_(False)
+    one_hot_env.base_env.action_spec = one_hot_env.base_env.action_spec.to_one_hot_spec()
+    actor, _ = make_actor_critic(one_hot_env, "rl2", **TINY)
+    assert type(actor) is ProbabilisticActor and actor._last_module.distribution_class is OneHotCategorical
 
 
 def test_inputs_may_be_any_observation_keys():

@@ -10,7 +10,7 @@ from .bayesian import (
     finite_horizon_q,
     optimistic_transition_values,
 )
-from .actor_critic import INPUT_KEYS, RL2_INPUT_KEYS, RL3_INPUT_KEYS, make_actor_critic
+from .actor_critic import INPUT_KEYS, RL2_INPUT_KEYS, RL3_INPUT_KEYS, CategoricalActor, make_actor_critic
 from .tabular import OraclePolicy, QGreedyPolicy, RandomPolicy
 from .transformer import POSITIONS, MetaCausalTransformer, MetaTransformerModule, _old_name_getattr
 
@@ -21,6 +21,7 @@ __all__ = [
     "MetaTransformerModule",
     "POSITIONS",
     "make_actor_critic",
+    "CategoricalActor",
     "RL2_INPUT_KEYS",
     "RL3_INPUT_KEYS",
     "INPUT_KEYS",
