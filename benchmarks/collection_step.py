@@ -129,7 +129,7 @@ def main(argv=None) -> dict:
     print(f"collector step / (env + transforms + bare actor step) = {ratio:.2f}  target ≤ 1.5: "
           f"{'met' if ratio <= 1.5 else 'missed'}")
     backbone_ratio = times["collector step"] / (times["env + transforms"] + times["backbone step"])
-    print(f"collector step / (env + transforms + backbone step) = {backbone_ratio:.2f}  (the earlier, stricter reading)")
+    print(f"collector step / (env + transforms + backbone step) = {backbone_ratio:.2f}  (earlier, stricter reading)")
     print(f"actor step / bare actor step = {times['actor step'] / times['bare actor step']:.2f}")
     return {**times, "ratio": ratio, "backbone ratio": backbone_ratio}
 

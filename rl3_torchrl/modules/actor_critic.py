@@ -29,12 +29,14 @@ class CategoricalActor(ProbabilisticActor):
     ``ProbabilisticActor.forward`` resolves dispatch, key bookkeeping and the interaction type at every call: on a
     CPU core that costs about as much as the head, the sampling and the log-prob together (≈ 0.25 ms per collection
     step of the default config, ``benchmarks/collection_step.py``). When a call samples (``RANDOM`` interaction, as
-    collectors set it) on a TensorDict, this actor runs the same arithmetic directly: the policy module, then
-    ``Categorical(logits).sample()`` and its ``log_prob``, written in place. Every other call (deterministic or mean
-    interaction, keyword inputs, ``tensordict_out``, ``set_skip_existing(True)``) is
-    ``ProbabilisticActor.forward``, and ``get_dist`` (what the losses call) is inherited, so losses, value estimators
-    and collectors see a ``ProbabilisticActor``. Takes ``ProbabilisticActor``'s arguments, with one policy module,
-    ``distribution_class=torch.distributions.Categorical`` and ``return_log_prob=True``.
+    collectors set it) on a TensorDict, this actor runs the same arithmetic directly: the policy module, then the
+    ops of ``Categorical(logits).sample()`` and its ``log_prob`` without building the distribution object (nor
+    re-validating its arguments: :class:`MetaTransformerModule` checks its outputs), written in place, bit-identical.
+    Every other call (deterministic or mean interaction, keyword inputs, ``tensordict_out``,
+    ``set_skip_existing(True)``) is ``ProbabilisticActor.forward``, and ``get_dist`` (what the losses call) is
+    inherited, so losses, value estimators and collectors see a ``ProbabilisticActor``. Takes
+    ``ProbabilisticActor``'s arguments, with one policy module, ``distribution_class=torch.distributions.Categorical``
+    and ``return_log_prob=True``.
 
     Examples:
         >>> from tensordict import TensorDict
@@ -93,10 +95,12 @@ class CategoricalActor(ProbabilisticActor):
         ):
             return super().forward(*args, **kwargs)
         tensordict = self.module[0](args[0])
-        dist = last.distribution_class(logits=tensordict.get(last.in_keys[0]))
-        action = dist.sample()
+        logits = tensordict.get(last.in_keys[0])
+        # torch.distributions.Categorical's own ops: normalised logits, multinomial on their softmax, gather
+        log_p = logits - logits.logsumexp(-1, keepdim=True)
+        action = torch.multinomial(log_p.softmax(-1).reshape(-1, log_p.shape[-1]), 1, True).reshape(logits.shape[:-1])
         tensordict.set(last.dist_sample_keys[0], action)
-        tensordict.set(last.log_prob_key, dist.log_prob(action))
+        tensordict.set(last.log_prob_key, log_p.gather(-1, action.unsqueeze(-1)).squeeze(-1))
         return tensordict
 
 
