@@ -3,10 +3,12 @@
 Every test here is marked ``cuda`` and skips without a CUDA device; ``benchmarks/gpu_check.py`` runs them with
 ``pytest -m cuda`` on a machine that has one.
 """
+import copy
+
 import pytest
 import torch
-from torchrl.envs.utils import step_mdp
-from torchrl.modules import set_recurrent_mode
+from torchrl.envs.utils import ExplorationType, set_exploration_type, step_mdp
+from torchrl.modules import ProbabilisticActor, set_recurrent_mode
 
 from rl3_torchrl.modules import make_actor_critic
 from rl3_torchrl.tasks import make_meta_env
@@ -58,6 +60,20 @@ def test_step_path_equals_window_path_on_cuda():
             with set_recurrent_mode(True):
                 window = actor(episode.clone().exclude("logits"))["logits"]
             torch.testing.assert_close(window, episode["logits"], atol=1e-4, rtol=1e-4)
+
+
+def test_categorical_actor_samples_what_probabilistic_actor_samples_on_cuda():
+    env = make_meta_env("random_mdp", "rl3", 3, horizon=6, seed=0, device="cuda")
+    actor, _ = make_actor_critic(env, "rl3", d_model=16, hidden_sizes=(16,), ffn_dim=16, num_heads=2)
+    fast, stock = copy.deepcopy(actor), copy.deepcopy(actor)  # one KV cache each
+    td = env.reset()
+    with torch.no_grad(), set_exploration_type(ExplorationType.RANDOM):
+        for t in range(8):
+            torch.manual_seed(t)
+            out = fast(td.clone())
+            torch.manual_seed(t)
+            assert (out == ProbabilisticActor.forward(stock, td.clone())).all(), f"step {t}"
+            _, td = env.step_and_maybe_reset(out)
 
 
 def test_collection_step_is_sync_free():
