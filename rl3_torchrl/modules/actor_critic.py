@@ -27,11 +27,12 @@ class CategoricalActor(ProbabilisticActor):
     samples without the generic plumbing.
 
     ``ProbabilisticActor.forward`` resolves dispatch, key bookkeeping and the interaction type at every call: on a
-    CPU core that costs about as much as the head, the sampling and the log-prob together (≈ 0.25 ms per collection
-    step of the default config, ``benchmarks/collection_step.py``). When a call samples (``RANDOM`` interaction, as
+    CPU core that costs about as much as the head, the sampling and the log-prob together (0.1–0.25 ms per
+    collection step of the default config, ``benchmarks/README.md``). When a call samples (``RANDOM`` interaction, as
     collectors set it) on a TensorDict, this actor runs the same arithmetic directly: the policy module, then the
-    ops of ``Categorical(logits).sample()`` and its ``log_prob`` without building the distribution object (nor
-    re-validating its arguments: :class:`MetaTransformerModule` checks its outputs), written in place, bit-identical.
+    ops of ``Categorical(logits).sample()`` and its ``log_prob``, written in place, bit-identical, without building
+    the distribution object or re-validating the logits (the :class:`MetaTransformerModule` of
+    :func:`make_actor_critic` checks its outputs on CPU; the ``Trainer`` checks the logits once per batch).
     Every other call (deterministic or mean interaction, keyword inputs, ``tensordict_out``,
     ``set_skip_existing(True)``) is ``ProbabilisticActor.forward``, and ``get_dist`` (what the losses call) is
     inherited, so losses, value estimators and collectors see a ``ProbabilisticActor``. Takes

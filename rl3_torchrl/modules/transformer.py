@@ -584,7 +584,7 @@ class MetaTransformerModule(TensorDictModuleBase):
             for value in values[: len(self.token_keys)]
         ]
         is_init = values[-1]
-        if is_init.dim() != ndim or is_init.dtype != torch.bool:
+        if is_init.dim() != ndim or is_init.shape[-1] != 1 or is_init.dtype != torch.bool:
             is_init = is_init.reshape(*shape, 1).bool()
         return torch.cat(tokens, -1), is_init
 
