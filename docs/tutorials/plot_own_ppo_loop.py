@@ -112,9 +112,9 @@ with torch.no_grad():
 # :class:`~torchrl.collectors.MultiAsyncCollector`, or ``collector.backend=async`` in the recipe) trains on data from
 # the weights of one update earlier, and ``ClipPPOLoss`` then clips, and ``kl_approx`` measures, from those older
 # weights. :class:`~rl3_torchrl.objectives.DecoupledClipPPOLoss` takes ``ClipPPOLoss``'s arguments and clips around
-# the weights at the update's start instead, weighting each sample by π_prox / π_behav; call its
-# ``write_proximal_log_prob`` once per batch, after GAE. On a batch from the current weights it gives
-# ``ClipPPOLoss``'s numbers:
+# the weights at the update's start instead, weighting each sample by π_prox / π_behav (and its ``kl_approx``
+# estimates KL(π_prox ‖ π_θ) with the same weights); call its ``write_proximal_log_prob`` once per batch, after GAE.
+# On a batch from the current weights it gives ``ClipPPOLoss``'s numbers:
 decoupled = DecoupledClipPPOLoss(actor, critic, clip_epsilon=0.2, entropy_coeff=0.01, normalize_advantage=True)
 with torch.no_grad():
     decoupled.write_proximal_log_prob(data)
