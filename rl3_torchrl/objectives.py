@@ -11,7 +11,7 @@ on every minibatch); here they are computed once per update, by one gradient-fre
 the batch, and read from :data:`PROXIMAL_LOG_PROB_KEY`. ``kl_approx`` estimates ``KL(π_prox ‖ π_θ)``, what the KL
 stop bounds, from the behaviour policy's samples: ``E_behav[(π_prox/π_behav) · (log π_prox − log π_θ)]``. Without
 the weight (``ClipPPOLoss(delay_actor=True)``'s estimate) its expectation is
-``KL(π_behav ‖ π_θ) − KL(π_behav ‖ π_prox)``, which on our async batches ran about twice the weighted one and
+``KL(π_behav ‖ π_θ) − KL(π_behav ‖ π_prox)``, about twice the weighted one on async batches (a one-off trace); it
 stopped the actor early (``results/ablation/async_decoupled``).
 """
 from __future__ import annotations
