@@ -37,6 +37,17 @@ def best_of(repeats: int, parts: dict) -> dict:
     return {name: min(r[name] for r in rounds) for name in parts}
 
 
+def bare_actor_step(module: MetaTransformerModule, values: list, is_init: torch.Tensor, cache) -> tuple:
+    """The actor's step arithmetic in plain torch on plain tensors: the token (``values`` in the token's key order),
+    the backbone's cached step, the head, then a categorical sample and its log-prob with the ops
+    ``CategoricalActor`` uses. Returns ``(action, log_prob)``, each ``[N]``."""
+    (head,) = module.heads
+    logits = head(module.backbone.step(torch.cat(values, -1), is_init, cache))
+    log_p = logits - logits.logsumexp(-1, keepdim=True)
+    action = torch.multinomial(log_p.softmax(-1), 1, True)
+    return action.squeeze(-1), log_p.gather(-1, action).squeeze(-1)
+
+
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--algo", default="rl3", choices=["rl2", "rl3"])
@@ -88,15 +99,12 @@ def main(argv=None) -> dict:
 
     # the same inputs as plain float tensors, in the token's key order
     parts = [[x.get(key).reshape(B, -1).to(tokens[0][0].dtype) for key in module.token_keys] for x in inputs]
-    (head,) = module.heads
 
     def bare_actor():
         cache = module.backbone.make_cache(tokens[0][0])
         start = clock()
         for values, (_, is_init) in zip(parts, tokens):
-            log_p = head(module.backbone.step(torch.cat(values, -1), is_init, cache)).log_softmax(-1)
-            action = torch.multinomial(log_p.exp(), 1)
-            log_p.gather(-1, action)
+            bare_actor_step(module, values, is_init, cache)
         return (clock() - start) / H
 
     def actor_only():

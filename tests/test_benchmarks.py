@@ -3,6 +3,12 @@ import importlib.util
 from pathlib import Path
 
 import pytest
+import torch
+from torchrl.envs.utils import ExplorationType, set_exploration_type
+
+from rl3_torchrl.modules import MetaTransformerModule
+from rl3_torchrl.tasks import make_meta_env
+from rl3_torchrl.training import actor_critic_from_config, load_config
 
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 
@@ -24,3 +30,26 @@ def test_collection_step_times_every_part(config, algo):
     assert times["backbone ratio"] == pytest.approx(
         times["collector step"] / (times["env + transforms"] + times["backbone step"])
     )
+
+
+@pytest.mark.parametrize("algo", ["rl2", "rl3"])
+def test_the_bare_actor_step_is_the_actors_arithmetic(algo):
+    """The ratio's denominator does what the actor does: with the same seed, the same actions and log-probs."""
+    bench = load("collection_step")
+    cfg = load_config([f"algo={algo}", "model.d_model=8", "model.hidden_sizes=[8]", "model.ffn_dim=8",
+                       "model.num_heads=2"])  # fmt: skip
+    env = make_meta_env(cfg.env, algo, 3, horizon=5, seed=0, prev_observation=cfg.model.prev_observation)
+    actor, _ = actor_critic_from_config(env, cfg, torch.device("cpu"))
+    module = next(m for m in actor.modules() if isinstance(m, MetaTransformerModule))
+    td, cache = env.reset(), None
+    with torch.no_grad(), set_exploration_type(ExplorationType.RANDOM):
+        for t in range(2 * env.horizon):
+            x, is_init = module._inputs(td)
+            cache = module.backbone.make_cache(x) if cache is None else cache
+            values = [td.get(key).reshape(3, -1).float() for key in module.token_keys]
+            torch.manual_seed(t)
+            action, log_prob = bench.bare_actor_step(module, values, is_init, cache)
+            torch.manual_seed(t)
+            out = actor(td)
+            assert torch.equal(action, out["action"]) and torch.equal(log_prob, out["action_log_prob"]), f"step {t}"
+            _, td = env.step_and_maybe_reset(out)
