@@ -24,6 +24,7 @@ from torchrl.envs.utils import ExplorationType, set_exploration_type
 
 from rl3_torchrl.collectors import make_collector
 from rl3_torchrl.modules import MetaTransformerModule
+from rl3_torchrl.modules.actor_critic import _sample_categorical
 from rl3_torchrl.tasks import make_meta_env
 from rl3_torchrl.training import actor_critic_from_config, load_config
 
@@ -39,13 +40,10 @@ def best_of(repeats: int, parts: dict) -> dict:
 
 def bare_actor_step(module: MetaTransformerModule, values: list, is_init: torch.Tensor, cache) -> tuple:
     """The actor's step arithmetic in plain torch on plain tensors: the token (``values`` in the token's key order),
-    the backbone's cached step, the head, then a categorical sample and its log-prob with the ops
-    ``CategoricalActor`` uses. Returns ``(action, log_prob)``, each ``[N]``."""
+    the backbone's cached step, the head, then the categorical sample and its log-prob that ``CategoricalActor``
+    draws (its own helper). Returns ``(action, log_prob)``, each ``[N]``."""
     (head,) = module.heads
-    logits = head(module.backbone.step(torch.cat(values, -1), is_init, cache))
-    log_p = logits - logits.logsumexp(-1, keepdim=True)
-    action = torch.multinomial(log_p.softmax(-1), 1, True)
-    return action.squeeze(-1), log_p.gather(-1, action).squeeze(-1)
+    return _sample_categorical(head(module.backbone.step(torch.cat(values, -1), is_init, cache)))
 
 
 def main(argv=None) -> dict:

@@ -96,13 +96,18 @@ class CategoricalActor(ProbabilisticActor):
         ):
             return super().forward(*args, **kwargs)
         tensordict = self.module[0](args[0])
-        logits = tensordict.get(last.in_keys[0])
-        # torch.distributions.Categorical's own ops: normalised logits, multinomial on their softmax, gather
-        log_p = logits - logits.logsumexp(-1, keepdim=True)
-        action = torch.multinomial(log_p.softmax(-1).reshape(-1, log_p.shape[-1]), 1, True).reshape(logits.shape[:-1])
+        action, log_prob = _sample_categorical(tensordict.get(last.in_keys[0]))
         tensordict.set(last.dist_sample_keys[0], action)
-        tensordict.set(last.log_prob_key, log_p.gather(-1, action.unsqueeze(-1)).squeeze(-1))
+        tensordict.set(last.log_prob_key, log_prob)
         return tensordict
+
+
+def _sample_categorical(logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``Categorical(logits=logits).sample()`` and its ``log_prob``, with torch's own ops (normalised logits,
+    ``multinomial`` on their softmax, ``gather``) and without the distribution object; ``logits [..., A]``."""
+    log_p = logits - logits.logsumexp(-1, keepdim=True)
+    action = torch.multinomial(log_p.softmax(-1).reshape(-1, log_p.shape[-1]), 1, True).reshape(logits.shape[:-1])
+    return action, log_p.gather(-1, action.unsqueeze(-1)).squeeze(-1)
 
 
 def _head(d_model: int, out_features: int, device) -> nn.Module:
