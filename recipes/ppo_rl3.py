@@ -47,10 +47,9 @@ def update(trainer: Trainer, data) -> dict:
     outs, actor_updates, skipped = [], 0, 0
     for epoch in range(cfg.epochs):
         for minibatch, batch in enumerate(buffer):
-            out = kl_stop.losses(loss_module, batch)  # once the actor has stopped: the critic's loss alone
-            loss = kl_stop(out)
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            # the losses and their gradients, on ppo.update_threads threads; once the actor has stopped: the critic's
+            out, loss = trainer.minibatch_backward(batch, kl_stop)
             grad_norm = torch.nn.utils.clip_grad_norm_(loss_module.parameters(), cfg.max_grad_norm)
             # a non-finite loss or gradient raises NonFiniteError (nothing of the iteration is written), or is
             # skipped with ppo.on_nonfinite=skip

@@ -30,6 +30,7 @@ from rl3_torchrl.modules import (
     RandomPolicy,
     make_actor_critic,
 )
+from rl3_torchrl.minibatch_backward import MinibatchBackward
 from rl3_torchrl.modules.transformer import _old_name_getattr
 from rl3_torchrl.objectives import DecoupledClipPPOLoss
 from rl3_torchrl.tasks import TASKS, make_meta_env, make_task_env, register_task, task_family
@@ -49,6 +50,7 @@ __all__ = [
     "MetaRLInputs",
     "MetaTaskEnv",
     "MetaTransformerModule",
+    "MinibatchBackward",
     "ModelBasedPolicy",
     "NonFiniteError",
     "OnlineQEstimator",

@@ -169,6 +169,7 @@ _SCHEMA = {
     "ppo.loss_critic_type": _one_of(("l1", "l2", "smooth_l1")),
     "ppo.target_kl": _optional(_real(low=0.0, low_inclusive=False)),
     "ppo.decoupled": _flag,
+    "ppo.update_threads": _integer(low=1),
     "ppo.entropy_coeff": _real(low=0.0),
     "ppo.entropy_schedule": _one_of(("linear", "constant")),
     "ppo.max_grad_norm": _real(low=0.0, low_inclusive=False),

@@ -74,6 +74,7 @@ from rl3_torchrl.checkpoint import (
     temporary_files,
 )
 from rl3_torchrl.collectors import MetaEnvFactory, fold_workers, make_collector, shutdown_collector, worker_seed
+from rl3_torchrl.minibatch_backward import MinibatchBackward
 from rl3_torchrl.modules import INPUT_KEYS, make_actor_critic
 from rl3_torchrl.modules.transformer import MetaCausalTransformer, MetaTransformerModule
 from rl3_torchrl.objectives import DecoupledClipPPOLoss
@@ -165,6 +166,7 @@ class Trainer:
             functional=False,  # the modules' own parameters: the same losses, without swapping them in per call
             log_explained_variance=False,  # per time step across a minibatch's episodes: see explained_variance
         )
+        self.minibatch_backward = MinibatchBackward(self.loss, threads=ppo.update_threads)
         # the stock call: one causal pass of the critic over each meta-episode and its last next step (shifted=True)
         self.gae = GAE(gamma=ppo.gamma, lmbda=ppo.lmbda, value_network=self.critic, shifted=True, device=self.device)
         self.gae.set_keys(reward=SCALED_REWARD_KEY)
@@ -369,7 +371,9 @@ class Trainer:
         """The library's PPO update: epochs on minibatches of whole meta-episodes; returns the iteration's means.
 
         The same loop as ``update`` in ``recipes/ppo_rl3.py`` (the copy a user edits), built from the same helpers:
-        :class:`ActorKLStop`, :meth:`step_is_finite`, :meth:`summarize`. Each minibatch's total loss and gradient
+        :class:`ActorKLStop`, :attr:`minibatch_backward` (a
+        :class:`~rl3_torchrl.minibatch_backward.MinibatchBackward` on ``ppo.update_threads`` threads),
+        :meth:`step_is_finite`, :meth:`summarize`. Each minibatch's total loss and gradient
         norm are checked (one host sync): a non-finite one raises :class:`NonFiniteError` before the optimizer
         step, or, with ``ppo.on_nonfinite=skip``, skips that minibatch. The weights are checked once at the end.
         """
@@ -380,10 +384,8 @@ class Trainer:
         kl_stop, outs, actor_updates, skipped = ActorKLStop(ppo.target_kl), [], 0, 0
         for epoch in range(ppo.epochs):
             for minibatch, batch in enumerate(self.buffer):
-                out = kl_stop.losses(self.loss, batch)
-                total = kl_stop(out)
                 self.optimizer.zero_grad(set_to_none=True)
-                total.backward()
+                out, total = self.minibatch_backward(batch, kl_stop)
                 grad_norm = torch.nn.utils.clip_grad_norm_(self.loss.parameters(), ppo.max_grad_norm)
                 if not self.step_is_finite(out, total, grad_norm, f"epoch {epoch + 1}, minibatch {minibatch + 1}"):
                     skipped += 1
@@ -514,6 +516,7 @@ class Trainer:
                 self._bar.close()
                 shutdown_collector(self._collector)
                 self._collector = None
+                self.minibatch_backward.close()
                 torch.set_num_threads(threads)  # torchrl's multi-process collectors raise them at shutdown
 
     def _batches(self) -> Iterator:
@@ -652,11 +655,16 @@ class ActorKLStop:
         value, _, _ = loss_module.loss_critic(batch)
         return TensorDict(loss_critic=loss_module._reduce_loss(value, batch).squeeze(-1))
 
-    def __call__(self, out) -> torch.Tensor:
+    def actor_trains(self, out) -> bool:
+        """Whether the actor's terms of ``out``, a minibatch's losses with the actor evaluated, enter the objective:
+        ``False`` once stopped, and from the minibatch whose ``kl_approx`` exceeds ``target_kl`` on."""
         if self.target_kl is not None and self.active and out["kl_approx"].detach() > self.target_kl:
             self.active = False  # the actor has moved far enough this iteration; the critic goes on
+        return self.active
+
+    def __call__(self, out) -> torch.Tensor:
         total = out["loss_critic"]
-        if self.active:
+        if self.active and self.actor_trains(out):
             total = total + out["loss_objective"] + out["loss_entropy"]
         return total
 

@@ -1,0 +1,178 @@
+"""A PPO minibatch's losses and gradients, computed on one thread or spread over several of this process.
+
+The actor and the critic are separate networks, so their forward and backward passes do not depend on each other.
+:class:`MinibatchBackward` with ``threads=2`` runs the critic's on a second thread while the actor's run on the calling
+one: torch releases the GIL inside its kernels, so two single-threaded passes use two cores. On a machine where
+another process (the ``collector.backend=async`` worker) also wants a core, this degrades gracefully, while torch's own
+intra-op threads wait for each other at every op (``benchmarks/README.md``, issue #14's sixth pass).
+"""
+from __future__ import annotations
+
+import copy
+from concurrent.futures import ThreadPoolExecutor
+
+import torch
+from tensordict import TensorDict, TensorDictBase
+from torchrl.objectives import ClipPPOLoss
+
+from rl3_torchrl._validation import check_int
+
+
+class MinibatchBackward:
+    """Evaluate a minibatch's PPO losses and write their gradients into ``.grad``, on ``threads`` threads.
+
+    ``backward(batch, kl_stop)`` returns ``(out, total)``: the losses (as ``loss_module(batch)`` returns them while
+    the actor trains; ``loss_critic`` alone once it has stopped) and the total loss of the minibatch, after writing
+    the gradients of ``total`` into the parameters' ``.grad`` (call ``optimizer.zero_grad(set_to_none=True)``
+    before). ``kl_stop`` is the iteration's :class:`~rl3_torchrl.training.ActorKLStop`, which decides from the
+    minibatch's ``kl_approx`` whether the actor's terms enter ``total``.
+
+    * ``threads=1``: ``out = kl_stop.losses(loss_module, batch)``, ``total = kl_stop(out)``, ``total.backward()``.
+    * ``threads=n > 1``: while the actor trains, its losses and gradients are computed on the calling thread while
+      the critic's run on a helper thread: the same losses, and gradients bit-identical to ``threads=1``'s when the
+      actor and the critic share no parameter. Once the actor has stopped, the critic's minibatch is split by
+      episodes into ``n`` shards, one per thread, each loss weighted by its share of the minibatch's elements, and
+      the gradients are summed in shard order: the same loss and gradients as one pass up to rounding, and
+      deterministic (the same seed gives the same run).
+
+    Each thread runs torch's kernels with ``intra_op_threads`` threads (default: ``torch.get_num_threads() //
+    threads`` at construction, at least 1). The calling thread's count is set for the call and restored after it.
+
+    Args:
+        loss_module (ClipPPOLoss): the PPO loss (or a subclass such as
+            :class:`~rl3_torchrl.objectives.DecoupledClipPPOLoss`) with its critic.
+        threads (int): threads to spread a minibatch over; 1 computes everything on the calling thread.
+        intra_op_threads (int, optional): torch threads of each of them.
+
+    Examples:
+        >>> from tensordict.nn import TensorDictModule
+        >>> from torchrl.modules import ProbabilisticActor, ValueOperator
+        >>> from rl3_torchrl.training import ActorKLStop
+        >>> _ = torch.manual_seed(0)
+        >>> actor = ProbabilisticActor(TensorDictModule(torch.nn.Linear(3, 2), ["obs"], ["logits"]),
+        ...                            in_keys=["logits"], distribution_class=torch.distributions.Categorical,
+        ...                            return_log_prob=True)
+        >>> critic = ValueOperator(torch.nn.Linear(3, 1), in_keys=["obs"])
+        >>> loss = ClipPPOLoss(actor, critic, functional=False)
+        >>> batch = TensorDict(obs=torch.randn(4, 3), action=torch.randint(2, (4,)), advantage=torch.randn(4, 1),
+        ...                    value_target=torch.randn(4, 1), action_log_prob=torch.full((4,), -0.7),
+        ...                    batch_size=[4])
+        >>> backward = MinibatchBackward(loss, threads=2)
+        >>> out, total = backward(batch, ActorKLStop(target_kl=None))
+        >>> sorted(k for k in out.keys() if k.startswith("loss_")), critic.module.weight.grad is not None
+        (['loss_critic', 'loss_entropy', 'loss_objective'], True)
+        >>> backward.close()
+    """
+
+    def __init__(self, loss_module: ClipPPOLoss, threads: int = 1, intra_op_threads: int | None = None):
+        check_int("threads", threads, low=1)
+        if intra_op_threads is None:
+            intra_op_threads = max(1, torch.get_num_threads() // threads)
+        check_int("intra_op_threads", intra_op_threads, low=1)
+        if threads > 1 and not getattr(loss_module, "_has_critic", False):
+            raise ValueError(
+                f"MinibatchBackward(threads={threads}) spreads the actor's and the critic's passes over threads; "
+                "the loss module has no critic term (critic_network=None or critic_coeff=0): use threads=1."
+            )
+        self.loss_module = loss_module
+        self.threads = threads
+        self.intra_op_threads = intra_op_threads
+        # the same module without its critic term (a shallow copy: the same parameters, buffers and keys)
+        self._actor_loss = copy.copy(loss_module)
+        self._actor_loss._has_critic = False
+        self._params = list(loss_module.parameters())
+        self._pool: ThreadPoolExecutor | None = None
+
+    def __call__(self, batch: TensorDictBase, kl_stop) -> tuple[TensorDictBase, torch.Tensor]:
+        if self.threads == 1:
+            out = kl_stop.losses(self.loss_module, batch)
+            total = kl_stop(out)
+            total.backward()
+            return out, total
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(
+                self.threads - 1, "minibatch_backward", initializer=torch.set_num_threads,
+                initargs=(self.intra_op_threads,),
+            )
+        actor_runs = kl_stop.active
+        # while the actor trains: the critic's whole minibatch on a helper thread; then: one shard per thread
+        shards = [batch] if actor_runs else _episode_shards(batch, self.threads)
+        weights = self._shard_weights(shards)
+        own = 0 if actor_runs else 1  # the shards the calling thread takes besides the actor's passes
+        caller_threads = torch.get_num_threads()
+        torch.set_num_threads(self.intra_op_threads)
+        try:
+            jobs = [self._pool.submit(self._critic_grads, *job) for job in zip(shards[own:], weights[own:])]
+            out, contributions = None, []
+            if actor_runs:
+                out = self._actor_loss(batch)
+                if kl_stop.actor_trains(out):
+                    contributions.append(self._grads(out["loss_objective"] + out["loss_entropy"]))
+            critic = [self._critic_grads(*job) for job in zip(shards[:own], weights[:own])]
+            critic += [job.result() for job in jobs]
+        finally:
+            torch.set_num_threads(caller_threads)
+        self._write_grads([*contributions, *(grads for _, grads, _ in critic)])
+        if out is None:  # as ActorKLStop.losses: the critic's loss alone
+            loss_critic = torch.stack([loss for loss, _, _ in critic]).sum() if len(critic) > 1 else critic[0][0]
+            out = TensorDict(loss_critic=loss_critic)
+        else:  # as ClipPPOLoss.forward: the critic's loss and statistics
+            loss_critic, _, stats = critic[0]
+            out.update({"loss_critic": loss_critic, **stats})
+        return out, kl_stop(out)
+
+    def close(self) -> None:
+        """Stop the helper threads (they start again at the next multi-threaded call)."""
+        if self._pool is not None:
+            self._pool.shutdown()
+            self._pool = None
+
+    def _critic_grads(self, shard: TensorDictBase, weight: torch.Tensor | None):
+        """The critic's loss on ``shard`` (reduced as ``ClipPPOLoss.forward`` reduces it) times ``weight``, its
+        gradients, and the statistics ``loss_critic`` returns besides (``value_clip_fraction``,
+        ``explained_variance``, where configured)."""
+        shard = shard.clone(False)  # as ClipPPOLoss.forward: the critic's values are not written into the batch
+        value, clip_fraction, explained_variance = self.loss_module.loss_critic(shard)
+        loss = self.loss_module._reduce_loss(value, shard).squeeze(-1)
+        if weight is not None:
+            loss = loss * weight
+        stats = {"value_clip_fraction": clip_fraction, "explained_variance": explained_variance}
+        return loss.detach(), self._grads(loss), {k: v for k, v in stats.items() if v is not None}
+
+    def _shard_weights(self, shards: list[TensorDictBase]) -> list[torch.Tensor | None]:
+        """Each shard's share of the minibatch's loss elements (those its validity masks keep): the mean over the
+        minibatch is the weighted sum of the shards' means. ``[None]`` for a single shard (its mean as it is)."""
+        if len(shards) == 1:
+            return [None]
+        reduce = self.loss_module._reduce_loss
+        counts = [reduce(torch.ones((*s.shape, 1), device=s.device), s, reduction="sum") for s in shards]
+        total = torch.stack(counts).sum().clamp_min(1)
+        return [count / total for count in counts]
+
+    def _grads(self, loss: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        return torch.autograd.grad(loss, self._params, allow_unused=True)
+
+    def _write_grads(self, contributions: list[tuple[torch.Tensor | None, ...]]) -> None:
+        """Accumulate each parameter's gradients into its ``.grad``, in the order given, as ``backward`` would."""
+        for i, param in enumerate(self._params):
+            parts = [grads[i] for grads in contributions if grads[i] is not None]
+            if not parts:
+                continue
+            grad = parts[0]
+            for part in parts[1:]:
+                grad = grad + part
+            if param.grad is not None:
+                param.grad.add_(grad)
+            elif grad.stride() != param.stride():  # the layout backward gives .grad: the parameter's
+                param.grad = torch.empty_like(param).copy_(grad)
+            else:
+                param.grad = grad
+
+
+def _episode_shards(batch: TensorDictBase, shards: int) -> list[TensorDictBase]:
+    """``batch`` split along its first (episode) dim into ``shards`` parts as equal as possible (fewer when it has
+    fewer episodes)."""
+    size = batch.shape[0]
+    shards = min(shards, size)
+    bounds = [i * size // shards for i in range(shards + 1)]
+    return [batch[bounds[i]:bounds[i + 1]] for i in range(shards)]
