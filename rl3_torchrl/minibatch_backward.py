@@ -9,7 +9,10 @@ intra-op threads wait for each other at every op (``benchmarks/README.md``, issu
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from functools import partial
+from typing import Any
 
 import torch
 from tensordict import TensorDict, TensorDictBase
@@ -89,43 +92,71 @@ class MinibatchBackward:
             total = kl_stop(out)
             total.backward()
             return out, total
+        if kl_stop.active:  # the actor's passes here, the critic's whole minibatch on a helper thread
+            (out, contributions), critic = self.run(
+                partial(self._actor_grads, batch, kl_stop), partial(self._critic_grads, batch, None)
+            )
+            loss_critic, grads, stats = critic
+            out.update({"loss_critic": loss_critic, **stats})  # as ClipPPOLoss.forward
+            self._write_grads([*contributions, grads])
+            return out, kl_stop(out)
+        shards = _episode_shards(batch, self.threads)  # the critic alone: one shard of episodes per thread
+        weights = self._shard_weights(shards)
+        critic = self.run(*(partial(self._critic_grads, *job) for job in zip(shards, weights)))
+        self._write_grads([grads for _, grads, _ in critic])
+        loss_critic = torch.stack([loss for loss, _, _ in critic]).sum() if len(critic) > 1 else critic[0][0]
+        out = TensorDict(loss_critic=loss_critic)  # as ActorKLStop.losses
+        return out, kl_stop(out)
+
+    def run(self, *calls: Callable[[], Any]) -> list:
+        """Run ``calls`` at once, the first on the calling thread and the others on the helper threads, each with
+        ``intra_op_threads`` torch threads and the caller's grad mode; returns their results in order. With
+        ``threads=1``, one after the other on the calling thread as it is.
+
+        :class:`~rl3_torchrl.training.Trainer` runs GAE's critic pass beside the proximal actor pass of
+        :class:`~rl3_torchrl.objectives.DecoupledClipPPOLoss` with it.
+
+        Examples:
+            >>> from tensordict.nn import TensorDictModule
+            >>> from torchrl.modules import ProbabilisticActor, ValueOperator
+            >>> actor = ProbabilisticActor(TensorDictModule(torch.nn.Linear(3, 2), ["obs"], ["logits"]),
+            ...                            in_keys=["logits"], distribution_class=torch.distributions.Categorical)
+            >>> loss = ClipPPOLoss(actor, ValueOperator(torch.nn.Linear(3, 1), in_keys=["obs"]), functional=False)
+            >>> backward = MinibatchBackward(loss, threads=2)
+            >>> backward.run(lambda: 1, lambda: 2)
+            [1, 2]
+            >>> backward.close()
+        """
+        if self.threads == 1 or len(calls) == 1:
+            return [call() for call in calls]
         if self._pool is None:
             self._pool = ThreadPoolExecutor(
                 self.threads - 1, "minibatch_backward", initializer=torch.set_num_threads,
                 initargs=(self.intra_op_threads,),
             )
-        actor_runs = kl_stop.active
-        # while the actor trains: the critic's whole minibatch on a helper thread; then: one shard per thread
-        shards = [batch] if actor_runs else _episode_shards(batch, self.threads)
-        weights = self._shard_weights(shards)
-        own = 0 if actor_runs else 1  # the shards the calling thread takes besides the actor's passes
+        grad_mode = torch.is_grad_enabled()
         caller_threads = torch.get_num_threads()
         torch.set_num_threads(self.intra_op_threads)
         try:
-            jobs = [self._pool.submit(self._critic_grads, *job) for job in zip(shards[own:], weights[own:])]
-            out, contributions = None, []
-            if actor_runs:
-                out = self._actor_loss(batch)
-                if kl_stop.actor_trains(out):
-                    contributions.append(self._grads(out["loss_objective"] + out["loss_entropy"]))
-            critic = [self._critic_grads(*job) for job in zip(shards[:own], weights[:own])]
-            critic += [job.result() for job in jobs]
+            jobs = [self._pool.submit(_with_grad_mode, grad_mode, call) for call in calls[1:]]
+            first = calls[0]()
+            return [first, *(job.result() for job in jobs)]
         finally:
             torch.set_num_threads(caller_threads)
-        self._write_grads([*contributions, *(grads for _, grads, _ in critic)])
-        if out is None:  # as ActorKLStop.losses: the critic's loss alone
-            loss_critic = torch.stack([loss for loss, _, _ in critic]).sum() if len(critic) > 1 else critic[0][0]
-            out = TensorDict(loss_critic=loss_critic)
-        else:  # as ClipPPOLoss.forward: the critic's loss and statistics
-            loss_critic, _, stats = critic[0]
-            out.update({"loss_critic": loss_critic, **stats})
-        return out, kl_stop(out)
 
     def close(self) -> None:
         """Stop the helper threads (they start again at the next multi-threaded call)."""
         if self._pool is not None:
             self._pool.shutdown()
             self._pool = None
+
+    def _actor_grads(self, batch: TensorDictBase, kl_stop) -> tuple[TensorDictBase, list]:
+        """The actor's losses on ``batch`` and, unless ``kl_stop`` stops the actor at this minibatch, the gradients of
+        its terms."""
+        out = self._actor_loss(batch)
+        if not kl_stop.actor_trains(out):
+            return out, []
+        return out, [self._grads(out["loss_objective"] + out["loss_entropy"])]
 
     def _critic_grads(self, shard: TensorDictBase, weight: torch.Tensor | None):
         """The critic's loss on ``shard`` (reduced as ``ClipPPOLoss.forward`` reduces it) times ``weight``, its
@@ -167,6 +198,11 @@ class MinibatchBackward:
                 param.grad = torch.empty_like(param).copy_(grad)
             else:
                 param.grad = grad
+
+
+def _with_grad_mode(enabled: bool, call: Callable[[], Any]):
+    with torch.set_grad_enabled(enabled):  # grad mode is per thread
+        return call()
 
 
 def _episode_shards(batch: TensorDictBase, shards: int) -> list[TensorDictBase]:

@@ -40,6 +40,7 @@ import shutil
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -77,7 +78,7 @@ from rl3_torchrl.collectors import MetaEnvFactory, fold_workers, make_collector,
 from rl3_torchrl.minibatch_backward import MinibatchBackward
 from rl3_torchrl.modules import INPUT_KEYS, make_actor_critic
 from rl3_torchrl.modules.transformer import MetaCausalTransformer, MetaTransformerModule
-from rl3_torchrl.objectives import DecoupledClipPPOLoss
+from rl3_torchrl.objectives import PROXIMAL_LOG_PROB_KEY, DecoupledClipPPOLoss
 from rl3_torchrl.tasks import ALGORITHMS, TASKS, make_meta_env, task_family
 
 CHECKPOINT_NAME = "checkpoint.pt"
@@ -357,15 +358,20 @@ class Trainer:
     # ------------------------------------------------------------------ one iteration
     def advantages(self, data) -> None:
         """GAE on the rewards times ``ppo.reward_scale``, in place (the critic learns the scaled returns); with
-        ``ppo.decoupled``, also the proximal log-probs of the actions under the weights the update starts from.
+        ``ppo.decoupled``, also the proximal log-probs of the actions under the weights the update starts from (beside
+        GAE, on :attr:`minibatch_backward`'s threads).
 
         The stock call ``GAE(gamma, lmbda, value_network=critic, shifted=True)(data)`` on the ``[B, H]`` batch (its
         last dim is named ``"time"``, so the critic runs its window path over each whole meta-episode)."""
         data["next", SCALED_REWARD_KEY] = data["next", "reward"] * self.cfg.ppo.reward_scale
-        with torch.no_grad():
-            self.gae(data)
-        if isinstance(self.loss, DecoupledClipPPOLoss):
-            self.loss.write_proximal_log_prob(data)
+        if not isinstance(self.loss, DecoupledClipPPOLoss):
+            with torch.no_grad():
+                self.gae(data)
+            return
+        proximal = data.clone(False)  # its own keys: the actor's pass writes there while GAE writes into data
+        with torch.no_grad():  # with ppo.update_threads > 1 the two passes run at once
+            self.minibatch_backward.run(partial(self.gae, data), partial(self.loss.write_proximal_log_prob, proximal))
+        data.set(PROXIMAL_LOG_PROB_KEY, proximal.get(PROXIMAL_LOG_PROB_KEY))
 
     def update(self, data) -> dict:
         """The library's PPO update: epochs on minibatches of whole meta-episodes; returns the iteration's means.

@@ -53,3 +53,13 @@ def test_the_bare_actor_step_is_the_actors_arithmetic(algo):
             out = actor(td)
             assert torch.equal(action, out["action"]) and torch.equal(log_prob, out["action_log_prob"]), f"step {t}"
             _, td = env.step_and_maybe_reset(out)
+
+
+def test_update_threads_times_every_setting_idle_and_beside_a_busy_core():
+    results = load("update_threads").main(["--config", "default", "--minibatches", "1", "--repeats", "1",
+                                           "horizon=6", "num_envs=4", "ppo.minibatch_episodes=2", "model.d_model=8",
+                                           "model.hidden_sizes=[8]", "model.ffn_dim=8", "model.num_heads=2"])  # fmt: skip
+    settings = ("sequential, 1 torch thread", "sequential, 2 torch threads", "update_threads=2")
+    assert set(results) == {(load, phase, s) for load in ("idle", "busy core") for phase in ("trains", "stopped")
+                            for s in settings}  # fmt: skip
+    assert all(ms > 0 for ms in results.values())

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import threading
+from functools import partial
 
 import pytest
 import torch
@@ -13,6 +14,7 @@ from torchrl.objectives import ClipPPOLoss
 from _shared import TINY_MODULE, TINY_RUN
 from rl3_torchrl.minibatch_backward import MinibatchBackward
 from rl3_torchrl.modules import make_actor_critic
+from rl3_torchrl.objectives import PROXIMAL_LOG_PROB_KEY
 from rl3_torchrl.training import ActorKLStop, Trainer, load_config
 
 
@@ -101,15 +103,19 @@ def test_the_actor_stopped_by_its_minibatch_gets_no_gradient(tmp_path):
     threaded.close()
 
 
+def _linear_loss() -> ClipPPOLoss:
+    torch.manual_seed(0)
+    actor = ProbabilisticActor(TensorDictModule(torch.nn.Linear(4, 3), ["obs"], ["logits"]), in_keys=["logits"],
+                               distribution_class=torch.distributions.Categorical, return_log_prob=True)  # fmt: skip
+    critic = ValueOperator(torch.nn.Linear(4, 1), in_keys=["obs"])
+    return ClipPPOLoss(actor, critic, functional=False, normalize_advantage=False, loss_critic_type="l2")
+
+
 def test_shards_weigh_the_critics_loss_by_the_elements_the_masks_keep():
     """The critic's loss is the mean over the valid elements of the whole minibatch (``shifted_valid``), whatever the
     shards: the oracle is the masked mean written out."""
-    torch.manual_seed(0)
-    net = torch.nn.Linear(4, 3)
-    actor = ProbabilisticActor(TensorDictModule(net, ["obs"], ["logits"]), in_keys=["logits"],
-                               distribution_class=torch.distributions.Categorical, return_log_prob=True)  # fmt: skip
-    critic = ValueOperator(torch.nn.Linear(4, 1), in_keys=["obs"])
-    loss = ClipPPOLoss(actor, critic, functional=False, normalize_advantage=False, loss_critic_type="l2")
+    loss = _linear_loss()
+    actor, critic = loss.actor_network, loss.critic_network
     valid = torch.ones(5, 7, 1, dtype=torch.bool)
     valid[0, 3:] = valid[3, 1:] = False  # shards of unequal valid counts
     batch = TensorDict(obs=torch.randn(5, 7, 4), action=torch.randint(3, (5, 7)), advantage=torch.randn(5, 7, 1),
@@ -139,3 +145,36 @@ def test_bad_arguments_are_named():
     with pytest.raises(ValueError, match="no critic term"):
         MinibatchBackward(ClipPPOLoss(actor, None, critic_coeff=None, functional=False), threads=2)
     assert MinibatchBackward(ClipPPOLoss(actor, None, critic_coeff=None, functional=False)).threads == 1
+
+
+def test_run_runs_the_calls_at_once_in_order_with_the_callers_grad_mode():
+    backward = MinibatchBackward(_linear_loss(), threads=2, intra_op_threads=1)
+    barrier = threading.Barrier(2, timeout=10)  # broken (an error) unless the first two calls run at the same time
+
+    def call(wait: bool):
+        if wait:
+            barrier.wait()
+        return threading.current_thread().name, torch.is_grad_enabled(), torch.get_num_threads()
+
+    before = torch.get_num_threads()
+    with torch.no_grad():
+        results = backward.run(partial(call, True), partial(call, True), partial(call, False))
+    assert results[0] == (threading.current_thread().name, False, 1)
+    assert all(name.startswith("minibatch_backward") and not grad and n == 1 for name, grad, n in results[1:])
+    assert torch.get_num_threads() == before
+    backward.close()
+    sequential = MinibatchBackward(_linear_loss())
+    assert sequential.run(partial(call, False), partial(call, False)) == [(threading.current_thread().name, True, before)] * 2
+
+
+def test_decoupled_advantages_run_gae_beside_the_proximal_pass(tmp_path):
+    """ppo.decoupled with ppo.update_threads=2: GAE's critic pass and the actor's proximal pass at once write what
+    they write one after the other."""
+    runs = {}
+    for threads in (1, 2):
+        trainer, data = _minibatch(tmp_path / str(threads), "ppo.decoupled=true", f"ppo.update_threads={threads}")
+        runs[threads] = data
+    for key in ("advantage", "value_target", "state_value", PROXIMAL_LOG_PROB_KEY):
+        assert torch.allclose(runs[1][key], runs[2][key], rtol=1e-5, atol=1e-6), key
+        assert not runs[2][key].requires_grad
+    assert torch.equal(runs[1]["logits"], runs[2]["logits"])  # the collection's, left as they were
