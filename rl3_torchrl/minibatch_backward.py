@@ -162,13 +162,10 @@ class MinibatchBackward:
         """The critic's loss on ``shard`` (reduced as ``ClipPPOLoss.forward`` reduces it) times ``weight``, its
         gradients, and the statistics ``loss_critic`` returns besides (``value_clip_fraction``,
         ``explained_variance``, where configured)."""
-        shard = shard.clone(False)  # as ClipPPOLoss.forward: the critic's values are not written into the batch
-        value, clip_fraction, explained_variance = self.loss_module.loss_critic(shard)
-        loss = self.loss_module._reduce_loss(value, shard).squeeze(-1)
+        loss, stats = critic_loss(self.loss_module, shard)
         if weight is not None:
             loss = loss * weight
-        stats = {"value_clip_fraction": clip_fraction, "explained_variance": explained_variance}
-        return loss.detach(), self._grads(loss), {k: v for k, v in stats.items() if v is not None}
+        return loss.detach(), self._grads(loss), stats
 
     def _shard_weights(self, shards: list[TensorDictBase]) -> list[torch.Tensor | None]:
         """Each shard's share of the minibatch's loss elements (those its validity masks keep): the mean over the
@@ -198,6 +195,17 @@ class MinibatchBackward:
                 param.grad = torch.empty_like(param).copy_(grad)
             else:
                 param.grad = grad
+
+
+def critic_loss(loss_module: ClipPPOLoss, batch: TensorDictBase) -> tuple[torch.Tensor, dict]:
+    """``loss_critic`` of ``loss_module(batch)`` without the actor's passes: ``loss_module.loss_critic`` reduced as
+    ``ClipPPOLoss.forward`` reduces it (its private ``_reduce_loss``, which honours the batch's validity masks such as
+    ``shifted_valid``), and the statistics it returns besides (``value_clip_fraction``, ``explained_variance``, where
+    configured). The critic's values are not written into ``batch``."""
+    batch = batch.clone(False)
+    value, clip_fraction, explained_variance = loss_module.loss_critic(batch)
+    stats = {"value_clip_fraction": clip_fraction, "explained_variance": explained_variance}
+    return loss_module._reduce_loss(value, batch).squeeze(-1), {k: v for k, v in stats.items() if v is not None}
 
 
 def _with_grad_mode(enabled: bool, call: Callable[[], Any]):

@@ -75,7 +75,7 @@ from rl3_torchrl.checkpoint import (
     temporary_files,
 )
 from rl3_torchrl.collectors import MetaEnvFactory, fold_workers, make_collector, shutdown_collector, worker_seed
-from rl3_torchrl.minibatch_backward import MinibatchBackward
+from rl3_torchrl.minibatch_backward import MinibatchBackward, critic_loss
 from rl3_torchrl.modules import INPUT_KEYS, make_actor_critic
 from rl3_torchrl.modules.transformer import MetaCausalTransformer, MetaTransformerModule
 from rl3_torchrl.objectives import PROXIMAL_LOG_PROB_KEY, DecoupledClipPPOLoss
@@ -657,9 +657,8 @@ class ActorKLStop:
         gradients are bit-identical to the whole loss's."""
         if self.active:
             return loss_module(batch)
-        batch = batch.clone(False)  # as ClipPPOLoss.forward: the critic's values are not written into the batch
-        value, _, _ = loss_module.loss_critic(batch)
-        return TensorDict(loss_critic=loss_module._reduce_loss(value, batch).squeeze(-1))
+        loss, _ = critic_loss(loss_module, batch)
+        return TensorDict(loss_critic=loss)
 
     def actor_trains(self, out) -> bool:
         """Whether the actor's terms of ``out``, a minibatch's losses with the actor evaluated, enter the objective:
