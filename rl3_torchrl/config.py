@@ -243,6 +243,12 @@ def validate_config(cfg: DictConfig) -> None:
             f"ppo.minibatch_episodes={cfg.ppo.minibatch_episodes} exceeds num_envs={cfg.num_envs} "
             "(a minibatch holds whole meta-episodes of one iteration)."
         )
+    if cfg.compile.enabled and cfg.ppo.update_threads > 1:
+        raise ValueError(
+            f"compile.enabled=true with ppo.update_threads={cfg.ppo.update_threads}: pick one. While one thread "
+            "compiles, torch's compiling flag and torchrl's recurrent mode are process-wide, so the other threads "
+            "take the wrong (window or step) path."
+        )
     workers = cfg.collector.workers
     if cfg.collector.backend == "single" and workers != 1:
         raise ValueError(

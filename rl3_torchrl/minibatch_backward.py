@@ -38,6 +38,10 @@ class MinibatchBackward:
       the gradients are summed in shard order: the same loss and gradients as one pass up to rounding, and
       deterministic (the same seed gives the same run).
 
+    Not with ``torch.compile``d modules: while one thread compiles, torch's compiling flag and torchrl's recurrent
+    mode are process-wide, and the other threads take the wrong (window or step) path (``Trainer`` rejects
+    ``compile.enabled=true`` with ``ppo.update_threads > 1``).
+
     Each thread runs torch's kernels with ``intra_op_threads`` threads (default: ``torch.get_num_threads() //
     threads`` at construction, at least 1). The calling thread's count is set for the call and restored after it.
 

@@ -257,6 +257,15 @@ def test_bad_config(override, match):
         load_config([*TINY, override])
 
 
+def test_compile_and_update_threads_are_refused_together():
+    """A thread that compiles makes torch's compiling flag and torchrl's recurrent mode process-wide: the other
+    threads' modules would take the wrong path (seen: the collector's step running the window path)."""
+    load_config([*TINY, "ppo.update_threads=2"])
+    load_config([*TINY, "compile.enabled=true"])
+    with pytest.raises(ValueError, match=r"compile.enabled=true with ppo.update_threads=2: pick one"):
+        load_config([*TINY, "compile.enabled=true", "ppo.update_threads=2"])
+
+
 @pytest.mark.parametrize(
     "override, match",
     [
