@@ -48,6 +48,21 @@ def test_async_collection_on_cuda_is_reproducible(tmp_path, decoupled):
     assert all(torch.isfinite(torch.tensor(first))) and first == losses("b")
 
 
+def test_update_threads_on_cuda_give_the_sequential_run(tmp_path):
+    """ppo.update_threads=2 on the device (both threads queue kernels on the same stream): with the actor training on
+    every minibatch the losses are those of the sequential update; with the KL stop, the sharded critic is
+    reproducible."""
+    def losses(folder, *overrides):
+        cfg = load_config(["horizon=20", "num_envs=4", "iterations=2", "device=cuda", "ppo.decoupled=true",
+                           f"output_dir={tmp_path / folder}", *TINY, *overrides])
+        return [(row["loss_objective"], row["loss_critic"]) for row in Trainer(cfg).train()]
+
+    sequential = losses("a", "ppo.target_kl=null")
+    threaded = losses("b", "ppo.target_kl=null", "ppo.update_threads=2")
+    assert torch.allclose(torch.tensor(sequential), torch.tensor(threaded), rtol=1e-5)
+    assert losses("c", "ppo.update_threads=2") == losses("d", "ppo.update_threads=2")
+
+
 def test_step_path_equals_window_path_on_cuda():
     horizon = 12
     env = make_meta_env("random_mdp", "rl3", 3, horizon=horizon, seed=0, device="cuda")
