@@ -118,7 +118,9 @@ class MinibatchBackward:
         ``threads=1``, one after the other on the calling thread as it is.
 
         :class:`~rl3_torchrl.training.Trainer` runs GAE's critic pass beside the proximal actor pass of
-        :class:`~rl3_torchrl.objectives.DecoupledClipPPOLoss` with it.
+        :class:`~rl3_torchrl.objectives.DecoupledClipPPOLoss` with it. Only the first call may set tensordict's
+        process-wide modes (``set_interaction_type``, ``set_skip_existing``, as a loss module's ``forward`` does):
+        they are not per thread, so the other calls would see them.
 
         Examples:
             >>> from tensordict.nn import TensorDictModule
