@@ -652,9 +652,8 @@ class ActorKLStop:
 
     def losses(self, loss_module: ClipPPOLoss, batch):
         """``loss_module(batch)`` while the actor trains; once it has stopped, only ``loss_critic``, without running
-        the actor: ``loss_module.loss_critic`` reduced as ``loss_module(batch)`` reduces it (its private
-        ``_reduce_loss``, which honours the batch's validity masks such as ``shifted_valid``), so the value and its
-        gradients are bit-identical to the whole loss's."""
+        the actor (:func:`~rl3_torchrl.minibatch_backward.critic_loss`: the value and its gradients are bit-identical
+        to the whole loss's)."""
         if self.active:
             return loss_module(batch)
         loss, _ = critic_loss(loss_module, batch)
