@@ -45,20 +45,23 @@ def update(trainer: Trainer, data) -> dict:
     buffer.extend(data)  # minibatches of whole meta-episodes: the critic and the actor see each from its start
     kl_stop = ActorKLStop(cfg.target_kl)  # the actor stops for this iteration above target_kl; the critic goes on
     outs, actor_updates, skipped = [], 0, 0
-    for epoch in range(cfg.epochs):
-        for minibatch, batch in enumerate(buffer):
-            optimizer.zero_grad(set_to_none=True)
-            # the losses and their gradients, on ppo.update_threads threads; once the actor has stopped: the critic's
-            out, loss = trainer.minibatch_backward(batch, kl_stop)
-            grad_norm = torch.nn.utils.clip_grad_norm_(loss_module.parameters(), cfg.max_grad_norm)
-            # a non-finite loss or gradient raises NonFiniteError (nothing of the iteration is written), or is
-            # skipped with ppo.on_nonfinite=skip
-            if not trainer.step_is_finite(out, loss, grad_norm, f"epoch {epoch + 1}, minibatch {minibatch + 1}"):
-                skipped += 1
-                continue
-            actor_updates += kl_stop.active
-            optimizer.step()
-            outs.append(out.detach())
+    with trainer.minibatch_backward.intra_op():  # ppo.update_threads > 1: the loop on the update's threads
+        for epoch in range(cfg.epochs):
+            for minibatch, batch in enumerate(buffer):
+                optimizer.zero_grad(set_to_none=True)
+                # the losses and their gradients, on ppo.update_threads threads; once the actor has stopped: the
+                # critic's
+                out, loss = trainer.minibatch_backward(batch, kl_stop)
+                grad_norm = torch.nn.utils.clip_grad_norm_(loss_module.parameters(), cfg.max_grad_norm)
+                # a non-finite loss or gradient raises NonFiniteError (nothing of the iteration is written), or is
+                # skipped with ppo.on_nonfinite=skip
+                where = f"epoch {epoch + 1}, minibatch {minibatch + 1}"
+                if not trainer.step_is_finite(out, loss, grad_norm, where):
+                    skipped += 1
+                    continue
+                actor_updates += kl_stop.active
+                optimizer.step()
+                outs.append(out.detach())
     return trainer.summarize(outs, actor_updates=actor_updates, skipped=skipped)
 
 

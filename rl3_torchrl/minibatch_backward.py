@@ -11,6 +11,7 @@ from __future__ import annotations
 import copy
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from functools import partial
 from typing import Any
 
@@ -141,12 +142,41 @@ class MinibatchBackward:
                 initargs=(self.intra_op_threads,),
             )
         grad_mode = torch.is_grad_enabled()
-        caller_threads = torch.get_num_threads()
-        torch.set_num_threads(self.intra_op_threads)
-        try:
+        with self.intra_op():
             jobs = [self._pool.submit(_with_grad_mode, grad_mode, call) for call in calls[1:]]
             first = calls[0]()
             return [first, *(job.result() for job in jobs)]
+
+    @contextmanager
+    def intra_op(self):
+        """With ``threads > 1``: the calling thread runs torch's kernels on ``intra_op_threads`` threads inside the
+        block, its own count restored after it (with ``threads=1``, nothing changes).
+
+        :meth:`run` holds it; the update loops of ``Trainer`` and ``recipes/ppo_rl3.py`` hold it around their epochs,
+        so that the optimizer step, the gradient clipping and the minibatch sampling between two calls also run on
+        the update's threads: with the caller's default count (one per core), each of those ops waited for a thread
+        that the ``async`` worker had descheduled (``benchmarks/README.md``, issue #14's seventh pass).
+
+        Examples:
+            >>> from tensordict.nn import TensorDictModule
+            >>> from torchrl.modules import ProbabilisticActor, ValueOperator
+            >>> actor = ProbabilisticActor(TensorDictModule(torch.nn.Linear(3, 2), ["obs"], ["logits"]),
+            ...                            in_keys=["logits"], distribution_class=torch.distributions.Categorical)
+            >>> loss = ClipPPOLoss(actor, ValueOperator(torch.nn.Linear(3, 1), in_keys=["obs"]), functional=False)
+            >>> backward = MinibatchBackward(loss, threads=2, intra_op_threads=1)
+            >>> caller = torch.get_num_threads()
+            >>> with backward.intra_op():
+            ...     inside = torch.get_num_threads()
+            >>> inside, torch.get_num_threads() == caller
+            (1, True)
+        """
+        if self.threads == 1:
+            yield
+            return
+        caller_threads = torch.get_num_threads()
+        torch.set_num_threads(self.intra_op_threads)
+        try:
+            yield
         finally:
             torch.set_num_threads(caller_threads)
 

@@ -388,17 +388,19 @@ class Trainer:
         self.buffer.empty()
         self.buffer.extend(data)
         kl_stop, outs, actor_updates, skipped = ActorKLStop(ppo.target_kl), [], 0, 0
-        for epoch in range(ppo.epochs):
-            for minibatch, batch in enumerate(self.buffer):
-                self.optimizer.zero_grad(set_to_none=True)
-                out, total = self.minibatch_backward(batch, kl_stop)
-                grad_norm = torch.nn.utils.clip_grad_norm_(self.loss.parameters(), ppo.max_grad_norm)
-                if not self.step_is_finite(out, total, grad_norm, f"epoch {epoch + 1}, minibatch {minibatch + 1}"):
-                    skipped += 1
-                    continue
-                actor_updates += kl_stop.active
-                self.optimizer.step()
-                outs.append(out.detach())
+        with self.minibatch_backward.intra_op():
+            for epoch in range(ppo.epochs):
+                for minibatch, batch in enumerate(self.buffer):
+                    self.optimizer.zero_grad(set_to_none=True)
+                    out, total = self.minibatch_backward(batch, kl_stop)
+                    grad_norm = torch.nn.utils.clip_grad_norm_(self.loss.parameters(), ppo.max_grad_norm)
+                    where = f"epoch {epoch + 1}, minibatch {minibatch + 1}"
+                    if not self.step_is_finite(out, total, grad_norm, where):
+                        skipped += 1
+                        continue
+                    actor_updates += kl_stop.active
+                    self.optimizer.step()
+                    outs.append(out.detach())
         return self.summarize(outs, actor_updates=actor_updates, skipped=skipped)
 
     def step_is_finite(self, out, total: torch.Tensor, grad_norm: torch.Tensor, where: str) -> bool:

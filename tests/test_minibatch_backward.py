@@ -167,6 +167,48 @@ def test_run_runs_the_calls_at_once_in_order_with_the_callers_grad_mode():
     assert sequential.run(partial(call, False), partial(call, False)) == [(threading.current_thread().name, True, before)] * 2
 
 
+def test_intra_op_sets_the_callers_threads_for_the_block_and_restores_them():
+    caller = torch.get_num_threads()
+    torch.set_num_threads(3)  # differs from intra_op_threads on any machine
+    try:
+        backward = MinibatchBackward(_linear_loss(), threads=2, intra_op_threads=1)
+        with backward.intra_op():
+            assert torch.get_num_threads() == 1
+            with backward.intra_op():  # nested, as run() inside the update loop
+                assert torch.get_num_threads() == 1
+            assert torch.get_num_threads() == 1
+        assert torch.get_num_threads() == 3
+        with pytest.raises(RuntimeError, match="inside"):
+            with backward.intra_op():
+                raise RuntimeError("inside")
+        assert torch.get_num_threads() == 3
+        with MinibatchBackward(_linear_loss(), intra_op_threads=1).intra_op():  # threads=1: nothing changes
+            assert torch.get_num_threads() == 3
+    finally:
+        torch.set_num_threads(caller)
+
+
+def test_the_update_steps_and_samples_on_the_update_threads(tmp_path):
+    """With ``ppo.update_threads=2``, Trainer.update runs its optimizer steps and minibatch sampling with
+    ``intra_op_threads`` torch threads (half the caller's), and gives the caller its own count back after."""
+    caller = torch.get_num_threads()
+    torch.set_num_threads(4)
+    try:
+        trainer, data = _minibatch(tmp_path, "ppo.update_threads=2", "ppo.epochs=2", "ppo.minibatch_episodes=2")
+        assert trainer.minibatch_backward.intra_op_threads == 2
+        seen = {"step": [], "sample": []}
+        step, sample = trainer.optimizer.step, trainer.buffer.sample
+        trainer.optimizer.step = lambda *a, **k: (seen["step"].append(torch.get_num_threads()), step(*a, **k))[1]
+        trainer.buffer.sample = lambda *a, **k: (seen["sample"].append(torch.get_num_threads()), sample(*a, **k))[1]
+        stats = trainer.update(data)
+        assert torch.get_num_threads() == 4
+        assert seen["step"] == [2] * 4 and seen["sample"] and set(seen["sample"]) == {2}, seen
+        assert stats["actor_updates"] >= 1
+        trainer.minibatch_backward.close()
+    finally:
+        torch.set_num_threads(caller)
+
+
 def test_decoupled_advantages_run_gae_beside_the_proximal_pass(tmp_path):
     """ppo.decoupled with ppo.update_threads=2: GAE's critic pass and the actor's proximal pass at once write what
     they write one after the other."""

@@ -86,10 +86,13 @@ def _same_weights(a, b) -> None:
     assert torch.equal(a["torch_rng"], b["torch_rng"])
 
 
-def test_the_recipes_loop_is_the_trainers(tmp_path):
-    """recipes/ppo_rl3.py's own update and loop give the weights, logs and RNG streams of Trainer.train()."""
-    full = Trainer(_config(tmp_path / "trainer")).train()
-    recipe = _recipe().main([*TINY, "iterations=4", "checkpoint.every=2", f"output_dir={tmp_path / 'recipe'}"])
+@pytest.mark.parametrize("threads", [1, 2])
+def test_the_recipes_loop_is_the_trainers(tmp_path, threads):
+    """recipes/ppo_rl3.py's own update and loop give the weights, logs and RNG streams of Trainer.train(), with the
+    update on one thread or on two (``ppo.update_threads``)."""
+    full = Trainer(_config(tmp_path / "trainer", f"ppo.update_threads={threads}")).train()
+    recipe = _recipe().main([*TINY, "iterations=4", "checkpoint.every=2", f"ppo.update_threads={threads}",
+                             f"output_dir={tmp_path / 'recipe'}"])  # fmt: skip
     assert [r["loss_critic"] for r in recipe] == [r["loss_critic"] for r in full]
     _same_weights(tmp_path / "trainer", tmp_path / "recipe")
     scalars = [tmp_path / run / "logs" / "random_mdp_rl3" / "scalars" / "loss_critic.csv" for run in ("trainer", "recipe")]
