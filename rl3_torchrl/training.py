@@ -359,13 +359,14 @@ class Trainer:
     def advantages(self, data) -> None:
         """GAE on the rewards times ``ppo.reward_scale``, in place (the critic learns the scaled returns); with
         ``ppo.decoupled``, also the proximal log-probs of the actions under the weights the update starts from (beside
-        GAE, on :attr:`minibatch_backward`'s threads).
+        GAE, on :attr:`minibatch_backward`'s threads). With ``ppo.update_threads > 1`` the calling thread runs on its
+        share of torch's threads (:meth:`MinibatchBackward.intra_op`).
 
         The stock call ``GAE(gamma, lmbda, value_network=critic, shifted=True)(data)`` on the ``[B, H]`` batch (its
         last dim is named ``"time"``, so the critic runs its window path over each whole meta-episode)."""
         data["next", SCALED_REWARD_KEY] = data["next", "reward"] * self.cfg.ppo.reward_scale
         if not isinstance(self.loss, DecoupledClipPPOLoss):
-            with torch.no_grad():
+            with torch.no_grad(), self.minibatch_backward.intra_op():
                 self.gae(data)
             return
         proximal = data.clone(False)  # its own keys: the actor's pass writes there while GAE writes into data

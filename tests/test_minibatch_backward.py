@@ -209,6 +209,23 @@ def test_the_update_steps_and_samples_on_the_update_threads(tmp_path):
         torch.set_num_threads(caller)
 
 
+@pytest.mark.parametrize("decoupled", [False, True])
+def test_the_advantages_run_on_the_update_threads(tmp_path, decoupled):
+    """GAE's critic pass (and the proximal actor pass) of Trainer.advantages run with ``intra_op_threads`` torch
+    threads when ``ppo.update_threads=2``, on the calling thread too."""
+    caller = torch.get_num_threads()
+    torch.set_num_threads(4)
+    try:
+        trainer, data = _minibatch(tmp_path, "ppo.update_threads=2", f"ppo.decoupled={str(decoupled).lower()}")
+        seen = []
+        trainer.critic.register_forward_hook(lambda *_: seen.append(torch.get_num_threads()))
+        trainer.advantages(data)
+        assert seen == [2] and torch.get_num_threads() == 4
+        trainer.minibatch_backward.close()
+    finally:
+        torch.set_num_threads(caller)
+
+
 def test_decoupled_advantages_run_gae_beside_the_proximal_pass(tmp_path):
     """ppo.decoupled with ppo.update_threads=2: GAE's critic pass and the actor's proximal pass at once write what
     they write one after the other."""
