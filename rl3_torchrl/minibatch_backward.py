@@ -129,9 +129,12 @@ class MinibatchBackward:
             >>> actor = ProbabilisticActor(TensorDictModule(torch.nn.Linear(3, 2), ["obs"], ["logits"]),
             ...                            in_keys=["logits"], distribution_class=torch.distributions.Categorical)
             >>> loss = ClipPPOLoss(actor, ValueOperator(torch.nn.Linear(3, 1), in_keys=["obs"]), functional=False)
-            >>> backward = MinibatchBackward(loss, threads=2)
+            >>> backward = MinibatchBackward(loss, threads=2, intra_op_threads=1)
             >>> backward.run(lambda: 1, lambda: 2)
             [1, 2]
+            >>> with backward.intra_op():  # the calling thread on intra_op_threads torch threads (see intra_op)
+            ...     torch.get_num_threads()
+            1
             >>> backward.close()
         """
         if self.threads == 1 or len(calls) == 1:
@@ -152,23 +155,11 @@ class MinibatchBackward:
         """With ``threads > 1``: the calling thread runs torch's kernels on ``intra_op_threads`` threads inside the
         block, its own count restored after it (with ``threads=1``, nothing changes).
 
-        :meth:`run` holds it; the update loops of ``Trainer`` and ``recipes/ppo_rl3.py`` hold it around their epochs,
-        so that the optimizer step, the gradient clipping and the minibatch sampling between two calls also run on
-        the update's threads: with the caller's default count (one per core), each of those ops waited for a thread
-        that the ``async`` worker had descheduled (``benchmarks/README.md``, issue #14's seventh pass).
-
-        Examples:
-            >>> from tensordict.nn import TensorDictModule
-            >>> from torchrl.modules import ProbabilisticActor, ValueOperator
-            >>> actor = ProbabilisticActor(TensorDictModule(torch.nn.Linear(3, 2), ["obs"], ["logits"]),
-            ...                            in_keys=["logits"], distribution_class=torch.distributions.Categorical)
-            >>> loss = ClipPPOLoss(actor, ValueOperator(torch.nn.Linear(3, 1), in_keys=["obs"]), functional=False)
-            >>> backward = MinibatchBackward(loss, threads=2, intra_op_threads=1)
-            >>> caller = torch.get_num_threads()
-            >>> with backward.intra_op():
-            ...     inside = torch.get_num_threads()
-            >>> inside, torch.get_num_threads() == caller
-            (1, True)
+        :meth:`run` holds it; the update loops of ``Trainer`` and ``recipes/ppo_rl3.py`` hold it around their epochs
+        (and ``Trainer.advantages`` around GAE), so that the optimizer step, the gradient clipping and the minibatch
+        sampling between two calls also run on the update's threads: with the caller's default count (one per core),
+        each of those ops waited for a thread that the ``async`` worker had descheduled (``benchmarks/README.md``,
+        issue #14's seventh pass). Example: see :meth:`run`.
         """
         if self.threads == 1:
             yield
