@@ -49,8 +49,7 @@ def update(trainer: Trainer, data) -> dict:
         for epoch in range(cfg.epochs):
             for minibatch, batch in enumerate(buffer):
                 optimizer.zero_grad(set_to_none=True)
-                # the losses and their gradients, on ppo.update_threads threads; once the actor has stopped: the
-                # critic's
+                # the losses and gradients, on ppo.update_threads threads (the critic's alone once the actor stopped)
                 out, loss = trainer.minibatch_backward(batch, kl_stop)
                 grad_norm = torch.nn.utils.clip_grad_norm_(loss_module.parameters(), cfg.max_grad_norm)
                 # a non-finite loss or gradient raises NonFiniteError (nothing of the iteration is written), or is
