@@ -671,7 +671,7 @@ class ActorKLStop:
 
     def __call__(self, out) -> torch.Tensor:
         total = out["loss_critic"]
-        if self.active and self.actor_trains(out):
+        if self.actor_trains(out):  # False without reading out once the actor has stopped
             total = total + out["loss_objective"] + out["loss_entropy"]
         return total
 
