@@ -28,6 +28,7 @@ from rl3_torchrl.modules import (
     OraclePolicy,
     QGreedyPolicy,
     RandomPolicy,
+    causal_attention,
     make_actor_critic,
 )
 from rl3_torchrl.minibatch_backward import MinibatchBackward
@@ -62,6 +63,7 @@ __all__ = [
     "StateAbstraction",
     "Trainer",
     "TrialEnv",
+    "causal_attention",
     "evaluate",
     "evaluate_actor",
     "evaluate_baseline",

@@ -19,7 +19,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from rl3_torchrl._validation import check_choice, check_float, check_int, optional as _optional
 from rl3_torchrl.collectors import BACKENDS
-from rl3_torchrl.modules import POSITIONS
+from rl3_torchrl.modules import ATTENTIONS, POSITIONS
 from rl3_torchrl.tasks import ALGOS, TASKS
 
 __all__ = [
@@ -153,6 +153,7 @@ _SCHEMA = {
     "model.ffn_dim": _integer(low=1),
     "model.dropout": _real(low=0.0, high=0.99),
     "model.positions": _one_of(POSITIONS),
+    "model.attention": _one_of(ATTENTIONS),
     "model.prev_observation": _flag,
     "ppo.epochs": _integer(low=1),
     "ppo.minibatch_episodes": _integer(low=1),

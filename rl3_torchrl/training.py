@@ -89,7 +89,8 @@ CONFIG_NAME = "config.yaml"
 #: The rewards GAE and the critic see: ``("next", "reward")`` times ``ppo.reward_scale``.
 SCALED_REWARD_KEY = "scaled_reward"
 # Keys that may change when a run is resumed; everything else must match the checkpoint.
-# The collection and compilation settings may change too (e.g. resume a run on a cluster): they do not change the model.
+# The collection, compilation and attention-kernel settings may change too (e.g. resume a run on a cluster): they do not
+# change the model.
 # The paths may change too: a moved or copied run folder resumes.
 RESUMABLE_KEYS = (
     "iterations",
@@ -112,6 +113,7 @@ RESUMABLE_KEYS = (
     "compile.enabled",
     "compile.backend",
     "compile.mode",
+    "model.attention",
 )
 
 

@@ -12,7 +12,8 @@ from .bayesian import (
 )
 from .actor_critic import INPUT_KEYS, RL2_INPUT_KEYS, RL3_INPUT_KEYS, CategoricalActor, make_actor_critic
 from .tabular import OraclePolicy, QGreedyPolicy, RandomPolicy
-from .transformer import POSITIONS, MetaCausalTransformer, MetaTransformerModule, _old_name_getattr
+from .causal_attention import causal_attention
+from .transformer import ATTENTIONS, POSITIONS, MetaCausalTransformer, MetaTransformerModule, _old_name_getattr
 
 __getattr__ = _old_name_getattr(__name__)
 
@@ -20,6 +21,8 @@ __all__ = [
     "MetaCausalTransformer",
     "MetaTransformerModule",
     "POSITIONS",
+    "ATTENTIONS",
+    "causal_attention",
     "make_actor_critic",
     "CategoricalActor",
     "RL2_INPUT_KEYS",

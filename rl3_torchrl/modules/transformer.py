@@ -25,10 +25,14 @@ from tensordict.nn import TensorDictModuleBase
 from torch import nn
 from torchrl.modules import recurrent_mode
 
-__all__ = ["MetaCausalTransformer", "MetaTransformerModule", "POSITIONS"]
+from rl3_torchrl.modules.causal_attention import HEAD_DIMS, causal_attention, causal_attention_supports, load_kernel
+
+__all__ = ["MetaCausalTransformer", "MetaTransformerModule", "POSITIONS", "ATTENTIONS"]
 
 #: The choices of :class:`MetaCausalTransformer`'s ``positions``.
 POSITIONS = ("learned", "none")
+#: The choices of :class:`MetaCausalTransformer`'s ``attention``.
+ATTENTIONS = ("sdpa", "causal_cpu")
 _MAX_LEN_HINT = "max_len must be >= H + 1, where H is the meta-episode length (env.horizon)"
 _SHIFTED_HINT = (
     "build the value estimator with shifted=True, which calls the critic once on each row plus its last next step: "
@@ -73,7 +77,7 @@ def _check_positive(name: str, value: int) -> None:
 class _CausalSelfAttention(nn.Module):
     """Multi-head self-attention whose q/k/v projection is shared by the window and step paths."""
 
-    def __init__(self, d_model: int, num_heads: int, dropout: float, device=None, dtype=None):
+    def __init__(self, d_model: int, num_heads: int, dropout: float, attention="sdpa", device=None, dtype=None):
         super().__init__()
         if d_model % num_heads:
             raise ValueError(
@@ -81,6 +85,7 @@ class _CausalSelfAttention(nn.Module):
             )
         self.num_heads = num_heads
         self.dropout = dropout
+        self.attention = attention
         self.qkv = nn.Linear(d_model, 3 * d_model, device=device, dtype=dtype)
         self.proj = nn.Linear(d_model, d_model, device=device, dtype=dtype)
 
@@ -91,24 +96,25 @@ class _CausalSelfAttention(nn.Module):
         return qkv.permute(2, 0, 3, 1, 4).unbind(0)
 
     def attend(self, q, k, v, attn_mask=None, is_causal=False) -> torch.Tensor:
-        """Scaled dot-product attention followed by the output projection; returns ``[N, L, d]``."""
-        out = F.scaled_dot_product_attention(
-            q,
-            k,
-            v,
-            attn_mask=attn_mask,
-            is_causal=is_causal,
-            dropout_p=self.dropout if self.training else 0.0,
-        )
+        """Scaled dot-product attention followed by the output projection; returns ``[N, L, d]``.
+
+        With ``attention="causal_cpu"``, causal calls without a mask that the kernel computes
+        (:func:`~rl3_torchrl.modules.causal_attention.causal_attention_supports`) go to it; all others to SDPA.
+        """
+        dropout = self.dropout if self.training else 0.0
+        if self.attention == "causal_cpu" and is_causal and causal_attention_supports(q, attn_mask, dropout):
+            out = causal_attention(q, k, v)
+        else:
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, is_causal=is_causal, dropout_p=dropout)
         return self.proj(out.transpose(1, 2).flatten(-2))
 
 
 class _DecoderLayer(nn.Module):
     """Post-LN decoder block: ``x = LN(x + attn(x)); x = LN(x + ffn(x))``."""
 
-    def __init__(self, d_model, num_heads, ffn_dim, dropout, device=None, dtype=None):
+    def __init__(self, d_model, num_heads, ffn_dim, dropout, attention="sdpa", device=None, dtype=None):
         super().__init__()
-        self.attn = _CausalSelfAttention(d_model, num_heads, dropout, device=device, dtype=dtype)
+        self.attn = _CausalSelfAttention(d_model, num_heads, dropout, attention, device=device, dtype=dtype)
         self.norm1 = nn.LayerNorm(d_model, device=device, dtype=dtype)
         self.ffn = nn.Sequential(
             nn.Linear(d_model, ffn_dim, device=device, dtype=dtype),
@@ -184,6 +190,13 @@ class MetaCausalTransformer(nn.Module):
             act past ``max_len - 1`` steps it was trained on) or ``"none"`` (no positional embedding: order comes
             from the causal mask and the ``t / H`` input; such a model can be rebuilt with a larger ``max_len`` and
             act at a longer ``H`` than it was trained at). One of :data:`POSITIONS`.
+        attention (str): how the window path attends: ``"sdpa"`` (default,
+            :func:`~torch.nn.functional.scaled_dot_product_attention`) or ``"causal_cpu"`` (this package's C++
+            kernel, :func:`~rl3_torchrl.modules.causal_attention.causal_attention`: on CPU in float32 it computes
+            only the causal half of the scores, which SDPA's CPU kernel does not skip at these lengths; equal up to
+            float32 rounding; built at construction, so it needs a C++ compiler and ``ninja``). Masked windows
+            (``is_init`` inside a row), the step path, other devices and dtypes, dropout and ``torch.compile`` use
+            SDPA either way. Not a weight: it can change between runs of the same model. One of :data:`ATTENTIONS`.
         device, dtype: where and how to create the parameters.
 
     Examples:
@@ -210,12 +223,15 @@ class MetaCausalTransformer(nn.Module):
         ffn_dim: int = 256,
         dropout: float = 0.0,
         positions: str = "learned",
+        attention: str = "sdpa",
         device=None,
         dtype=None,
     ):
         super().__init__()
         if positions not in POSITIONS:
             raise ValueError(f"positions={positions!r} is not allowed; choose one of {list(POSITIONS)}.")
+        if attention not in ATTENTIONS:
+            raise ValueError(f"attention={attention!r} is not allowed; choose one of {list(ATTENTIONS)}.")
         for name, value in (
             ("in_features", in_features),
             ("max_len", max_len),
@@ -234,6 +250,14 @@ class MetaCausalTransformer(nn.Module):
         self.num_layers = num_layers
         self.num_heads = num_heads if num_layers else 1
         self.head_dim = d_model // self.num_heads
+        if attention == "causal_cpu" and num_layers:
+            if self.head_dim not in HEAD_DIMS:
+                raise ValueError(
+                    f"attention='causal_cpu' computes head dimensions {list(HEAD_DIMS)}, got d_model={d_model} / "
+                    f"num_heads={num_heads} = {self.head_dim}; change them or use attention='sdpa'."
+                )
+            load_kernel()
+        self.attention = attention
         factory = dict(device=device, dtype=dtype)
         widths = [in_features, *hidden_sizes, d_model]
         mlp = []
@@ -246,7 +270,7 @@ class MetaCausalTransformer(nn.Module):
         self.positions = positions
         self.pos_embedding = nn.Embedding(max_len, d_model, **factory) if positions == "learned" else None
         self.layers = nn.ModuleList(
-            _DecoderLayer(d_model, num_heads, ffn_dim, dropout, **factory) for _ in range(num_layers)
+            _DecoderLayer(d_model, num_heads, ffn_dim, dropout, attention, **factory) for _ in range(num_layers)
         )
         self._compile_options = None
         self._compiled_encode = None
