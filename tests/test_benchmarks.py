@@ -63,3 +63,10 @@ def test_update_threads_times_every_setting_idle_and_beside_a_busy_core():
     assert set(results) == {(load, phase, s) for load in ("idle", "busy core") for phase in ("trains", "stopped")
                             for s in settings}  # fmt: skip
     assert all(ms > 0 for ms in results.values())
+
+
+def test_attention_times_the_kernel_and_sdpa_on_each_shape():
+    results = load("attention").main(["--shapes", "2x2x20x16", "1x1x33x32", "--repeats", "1"])
+    assert set(results) == {(shape, name) for shape in ("2x2x20x16", "1x1x33x32")
+                            for name in ("forward", "forward + backward")}  # fmt: skip
+    assert all(row["sdpa_ms"] > 0 and row["kernel_ms"] > 0 for row in results.values())
