@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from rl3_torchrl.modules import causal_attention
-from rl3_torchrl.modules.causal_attention import load_kernel
+from rl3_torchrl.modules.attention_kernel import load_kernel
 
 #: [B, H, L, D]: the default config's minibatch (8 episodes of H = 100, 2 heads of 16), the paper's (H = 512, 4 heads
 #: of 16), and the paper's at longer meta-episodes.

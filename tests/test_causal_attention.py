@@ -5,7 +5,7 @@ import torch.nn.functional as F
 from hypothesis import given, settings, strategies as st
 
 from rl3_torchrl.modules import ATTENTIONS, MetaCausalTransformer, causal_attention
-from rl3_torchrl.modules.causal_attention import HEAD_DIMS
+from rl3_torchrl.modules.attention_kernel import HEAD_DIMS
 from rl3_torchrl.training import Trainer, load_config
 
 from _shared import TINY_RUN
@@ -170,3 +170,18 @@ def test_a_run_with_the_kernel_is_reproducible_matches_sdpa_and_resumes_with_eit
     assert len(resumed.train()) == 1
     with pytest.raises(ValueError, match="model.attention"):
         load_config(["model.attention=flash"])
+
+
+def test_a_failed_build_says_what_to_use_instead(monkeypatch):
+    import torch.utils.cpp_extension
+
+    from rl3_torchrl.modules import attention_kernel as module
+
+    def no_compiler(**kwargs):
+        raise RuntimeError("Ninja is required to load C++ extensions")
+
+    monkeypatch.setattr(module, "_loaded", False)
+    monkeypatch.setattr(torch.utils.cpp_extension, "load", no_compiler)
+    with pytest.raises(RuntimeError, match=r"could not build the causal attention kernel \(RuntimeError: Ninja is "
+                                           r"required.*use attention='sdpa' \(model.attention=sdpa\) instead"):
+        MetaCausalTransformer(3, max_len=4, d_model=16, num_heads=1, attention="causal_cpu")

@@ -12,7 +12,7 @@ from .bayesian import (
 )
 from .actor_critic import INPUT_KEYS, RL2_INPUT_KEYS, RL3_INPUT_KEYS, CategoricalActor, make_actor_critic
 from .tabular import OraclePolicy, QGreedyPolicy, RandomPolicy
-from .causal_attention import causal_attention
+from .attention_kernel import causal_attention
 from .transformer import ATTENTIONS, POSITIONS, MetaCausalTransformer, MetaTransformerModule, _old_name_getattr
 
 __getattr__ = _old_name_getattr(__name__)

@@ -25,7 +25,7 @@ from tensordict.nn import TensorDictModuleBase
 from torch import nn
 from torchrl.modules import recurrent_mode
 
-from rl3_torchrl.modules.causal_attention import HEAD_DIMS, causal_attention, causal_attention_supports, load_kernel
+from rl3_torchrl.modules.attention_kernel import HEAD_DIMS, causal_attention, causal_attention_supports, load_kernel
 
 __all__ = ["MetaCausalTransformer", "MetaTransformerModule", "POSITIONS", "ATTENTIONS"]
 
@@ -99,7 +99,7 @@ class _CausalSelfAttention(nn.Module):
         """Scaled dot-product attention followed by the output projection; returns ``[N, L, d]``.
 
         With ``attention="causal_cpu"``, causal calls without a mask that the kernel computes
-        (:func:`~rl3_torchrl.modules.causal_attention.causal_attention_supports`) go to it; all others to SDPA.
+        (:func:`~rl3_torchrl.modules.attention_kernel.causal_attention_supports`) go to it; all others to SDPA.
         """
         dropout = self.dropout if self.training else 0.0
         if self.attention == "causal_cpu" and is_causal and causal_attention_supports(q, attn_mask, dropout):
@@ -192,7 +192,7 @@ class MetaCausalTransformer(nn.Module):
             act at a longer ``H`` than it was trained at). One of :data:`POSITIONS`.
         attention (str): how the window path attends: ``"sdpa"`` (default,
             :func:`~torch.nn.functional.scaled_dot_product_attention`) or ``"causal_cpu"`` (this package's C++
-            kernel, :func:`~rl3_torchrl.modules.causal_attention.causal_attention`: on CPU in float32 it computes
+            kernel, :func:`~rl3_torchrl.modules.causal_attention`: on CPU in float32 it computes
             only the causal half of the scores, which SDPA's CPU kernel does not skip at these lengths; equal up to
             float32 rounding; built at construction, so it needs a C++ compiler and ``ninja``). Masked windows
             (``is_init`` inside a row), the step path, other devices and dtypes, dropout and ``torch.compile`` use

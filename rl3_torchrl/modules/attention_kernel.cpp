@@ -1,4 +1,4 @@
-// Causal self-attention on CPU computing only the keys at or before each query (rl3_torchrl.modules.causal_attention).
+// Causal self-attention on CPU computing only the keys at or before each query (rl3_torchrl.modules.attention_kernel).
 //
 // torch's CPU flash kernel splits the keys into blocks of 512 and masks inside a block, so at the window lengths of
 // this package (H + 1 <= 2049) a causal call costs as much as a full one. Here query i reads keys 0..i only.

@@ -25,7 +25,7 @@ __all__ = ["causal_attention", "causal_attention_supports", "HEAD_DIMS", "load_k
 
 #: The head dimensions the kernel is compiled for.
 HEAD_DIMS = (16, 32, 64)
-_SOURCE = os.path.join(os.path.dirname(__file__), "causal_attention.cpp")
+_SOURCE = os.path.join(os.path.dirname(__file__), "attention_kernel.cpp")
 _lock = threading.Lock()
 _loaded = False
 
