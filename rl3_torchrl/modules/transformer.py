@@ -194,7 +194,7 @@ class MetaCausalTransformer(nn.Module):
             :func:`~torch.nn.functional.scaled_dot_product_attention`) or ``"causal_cpu"`` (this package's C++
             kernel, :func:`~rl3_torchrl.modules.causal_attention`: on CPU in float32 it computes
             only the causal half of the scores, which SDPA's CPU kernel does not skip at these lengths; equal up to
-            float32 rounding; built at construction, so it needs a C++ compiler and ``ninja``). Masked windows
+            float32 rounding; built at construction on CPU, so it needs a C++ compiler and ``ninja``). Masked windows
             (``is_init`` inside a row), the step path, other devices and dtypes, dropout and ``torch.compile`` use
             SDPA either way. Not a weight: it can change between runs of the same model. One of :data:`ATTENTIONS`.
         device, dtype: where and how to create the parameters.
@@ -256,7 +256,8 @@ class MetaCausalTransformer(nn.Module):
                     f"attention='causal_cpu' computes head dimensions {list(HEAD_DIMS)}, got d_model={d_model} / "
                     f"num_heads={num_heads} = {self.head_dim}; change them or use attention='sdpa'."
                 )
-            load_kernel()
+            if torch.device(device or "cpu").type == "cpu":  # elsewhere it loads at its first CPU call, if any
+                load_kernel()
         self.attention = attention
         factory = dict(device=device, dtype=dtype)
         widths = [in_features, *hidden_sizes, d_model]
