@@ -26,6 +26,9 @@ __all__ = ["causal_attention", "causal_attention_supports", "HEAD_DIMS", "load_k
 #: The head dimensions the kernel is compiled for.
 HEAD_DIMS = (16, 32, 64)
 _SOURCE = os.path.join(os.path.dirname(__file__), "attention_kernel.cpp")
+# 512-bit vectors where the CPU has them (the kernel's vectors are 16 floats); the compiler splits them elsewhere
+_X86 = platform.machine() in ("x86_64", "AMD64")
+_CFLAGS = ["-O3", "-march=native", *(["-mprefer-vector-width=512"] if _X86 else [])]
 _lock = threading.Lock()
 _loaded = False
 
@@ -61,7 +64,7 @@ def load_kernel() -> None:
             load(
                 name=f"rl3_causal_attention_{_cpu_tag()}",
                 sources=[_SOURCE],
-                extra_cflags=["-O3", "-march=native", "-mprefer-vector-width=512"],
+                extra_cflags=_CFLAGS,
                 is_python_module=False,
                 verbose=False,
             )
