@@ -105,6 +105,8 @@ def test_bad_input_is_refused(q, match):
         causal_attention(q, q, q)
     with pytest.raises(ValueError, match=r"one shape"):
         causal_attention(torch.zeros(1, 1, 4, 16), torch.zeros(1, 1, 5, 16), torch.zeros(1, 1, 4, 16))
+    with pytest.raises(ValueError, match=r"got v with dtype=torch.float16"):
+        causal_attention(torch.zeros(1, 1, 4, 16), torch.zeros(1, 1, 4, 16), torch.zeros(1, 1, 4, 16).half())
 
 
 def _pair(**kwargs):

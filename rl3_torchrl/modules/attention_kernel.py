@@ -127,10 +127,12 @@ def causal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch
             f"causal_attention expects q, k, v of one shape [B, H, L, D], got {tuple(q.shape)}, {tuple(k.shape)} "
             f"and {tuple(v.shape)}."
         )
-    if q.device.type != "cpu" or q.dtype != torch.float32 or q.shape[-1] not in HEAD_DIMS:
-        raise ValueError(
-            f"causal_attention computes float32 CPU tensors with a head dimension in {list(HEAD_DIMS)}, got "
-            f"dtype={q.dtype}, device={q.device}, D={q.shape[-1]}; use scaled_dot_product_attention instead."
-        )
+    for name, t in (("q", q), ("k", k), ("v", v)):
+        if t.device.type != "cpu" or t.dtype != torch.float32 or t.shape[-1] not in HEAD_DIMS:
+            raise ValueError(
+                f"causal_attention computes float32 CPU tensors with a head dimension in {list(HEAD_DIMS)}, got "
+                f"{name} with dtype={t.dtype}, device={t.device}, D={t.shape[-1]}; use scaled_dot_product_attention "
+                "instead."
+            )
     load_kernel()
     return _CausalAttention.apply(q, k, v)
