@@ -76,18 +76,24 @@ def load_kernel() -> None:
         _loaded = True
 
 
+def _computable(t: torch.Tensor) -> bool:
+    """A float32 CPU tensor whose last dim is one of :data:`HEAD_DIMS`."""
+    return t.device.type == "cpu" and t.dtype == torch.float32 and t.shape[-1] in HEAD_DIMS
+
+
 def causal_attention_supports(q: torch.Tensor, attn_mask=None, dropout_p: float = 0.0) -> bool:
     """Whether :func:`causal_attention` computes this call: float32 CPU tensors, a head dimension of
     :data:`HEAD_DIMS`, no mask, no dropout, outside ``torch.compile`` (which keeps SDPA).
+
+    Examples:
+        >>> causal_attention_supports(torch.zeros(2, 4, 10, 16))
+        True
+        >>> causal_attention_supports(torch.zeros(2, 4, 10, 16), dropout_p=0.1)
+        False
+        >>> causal_attention_supports(torch.zeros(2, 4, 10, 12))
+        False
     """
-    return (
-        attn_mask is None
-        and dropout_p == 0.0
-        and q.device.type == "cpu"
-        and q.dtype == torch.float32
-        and q.shape[-1] in HEAD_DIMS
-        and not torch.compiler.is_compiling()
-    )
+    return attn_mask is None and dropout_p == 0.0 and _computable(q) and not torch.compiler.is_compiling()
 
 
 class _CausalAttention(torch.autograd.Function):
@@ -128,7 +134,7 @@ def causal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch
             f"and {tuple(v.shape)}."
         )
     for name, t in (("q", q), ("k", k), ("v", v)):
-        if t.device.type != "cpu" or t.dtype != torch.float32 or t.shape[-1] not in HEAD_DIMS:
+        if not _computable(t):
             raise ValueError(
                 f"causal_attention computes float32 CPU tensors with a head dimension in {list(HEAD_DIMS)}, got "
                 f"{name} with dtype={t.dtype}, device={t.device}, D={t.shape[-1]}; use scaled_dot_product_attention "
