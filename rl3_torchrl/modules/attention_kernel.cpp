@@ -147,15 +147,16 @@ inline void tile_scatter(const float* w, int64_t blocks, const float* x, float* 
   }
 }
 
-// Per-thread buffers for one head.
+// Per-thread buffers for one head (those of the gradients only for the backward).
 template <int D>
 struct Workspace {
   int64_t ld;
-  std::vector<float> q, qt, k, v, g, gt, p, ds, dk, dv;
-  explicit Workspace(int64_t length)
+  std::vector<float> q, qt, k, v, p, g, gt, ds, dk, dv;
+  Workspace(int64_t length, bool backward)
       : ld((length + kLanes - 1) / kLanes * kLanes),
-        q(D * ld), qt(D * ld), k(D * ld), v(D * ld), g(D * ld), gt(D * ld),
-        p(kLanes * ld), ds(kLanes * ld), dk(D * ld), dv(D * ld) {}
+        q(D * ld), qt(D * ld), k(D * ld), v(D * ld), p(kLanes * ld),
+        g(backward ? D * ld : 0), gt(backward ? D * ld : 0), ds(backward ? kLanes * ld : 0),
+        dk(backward ? D * ld : 0), dv(backward ? D * ld : 0) {}
 };
 
 // Forward of one head: its output rows (`out`, rows `out_stride` apart) and the log-sum-exp of each row.
@@ -240,7 +241,7 @@ std::tuple<at::Tensor, at::Tensor> forward_impl(const at::Tensor& q, const at::T
   at::Tensor lse = at::empty({batch, heads, length}, q.options());
   float *op = out.mutable_data_ptr<float>(), *lp = lse.mutable_data_ptr<float>();
   at::parallel_for(0, batch * heads, 1, [&](int64_t begin, int64_t end) {
-    Workspace<D> w(length);
+    Workspace<D> w(length, /*backward=*/false);
     for (int64_t bh = begin; bh < end; ++bh) {
       const int64_t b = bh / heads, h = bh % heads;
       forward_head<D>(w, head_of(q, b, h), head_of(k, b, h), head_of(v, b, h), length, static_cast<float>(scale),
@@ -262,7 +263,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> backward_impl(const at::Tensor& g
   const float* lp = lse.const_data_ptr<float>();
   float *dqp = dq.mutable_data_ptr<float>(), *dkp = dk.mutable_data_ptr<float>(), *dvp = dv.mutable_data_ptr<float>();
   at::parallel_for(0, batch * heads, 1, [&](int64_t begin, int64_t end) {
-    Workspace<D> w(length);
+    Workspace<D> w(length, /*backward=*/true);
     for (int64_t bh = begin; bh < end; ++bh) {
       const int64_t b = bh / heads, h = bh % heads, offset = bh * length * D;
       backward_head<D>(w, head_of(q, b, h), head_of(k, b, h), head_of(v, b, h), head_of(grad, b, h),
