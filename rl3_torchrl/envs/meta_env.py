@@ -48,6 +48,26 @@ def stream_seed(seed: int, split: str, stream: str) -> int:
     return (int(hi) << 31) ^ int(lo)
 
 
+def _set_trial_settings(env: EnvBase, horizon, episode_length, split, validate_actions) -> None:
+    """Check and set the settings every meta-episode env takes (:class:`MetaTaskEnv` and
+    :class:`~rl3_torchrl.envs.TrialEnv`): ``horizon``, ``episode_length`` (or ``None``), ``split`` and
+    ``validate_actions`` (``None``: on where the env's device is the CPU, where the checks cost no device sync).
+
+    Examples:
+        >>> from types import SimpleNamespace
+        >>> env = SimpleNamespace(device=torch.device("cpu"))
+        >>> _set_trial_settings(env, 8, None, "test", None)
+        >>> env.horizon, env.episode_length, env.split, env.validate_actions
+        (8, None, 'test', True)
+    """
+    env.horizon = check_int("horizon", horizon, low=1)
+    env.episode_length = None if episode_length is None else check_int("episode_length", episode_length, low=1)
+    env.split = check_choice("split", split, SPLITS)
+    if validate_actions is None:
+        validate_actions = env.device is None or env.device.type == "cpu"
+    env.validate_actions = bool(validate_actions)
+
+
 def _trial_entries(meta_t, episode_t, horizon: int, episode_length: int | None, inner_done, inner_terminated,
                   done) -> dict:
     """The entries every meta-episode env writes beside its observations (:class:`MetaTaskEnv` and
@@ -133,12 +153,7 @@ class MetaTaskEnv(EnvBase):
         super().__init__(device=device, batch_size=torch.Size([num_envs]))
         self.n_states = check_int("n_states", n_states, low=1)
         self.n_actions = check_int("n_actions", n_actions, low=1)
-        self.horizon = check_int("horizon", horizon, low=1)
-        self.episode_length = None if episode_length is None else check_int("episode_length", episode_length, low=1)
-        self.split = check_choice("split", split, SPLITS)
-        if validate_actions is None:
-            validate_actions = self.device is None or self.device.type == "cpu"
-        self.validate_actions = bool(validate_actions)
+        _set_trial_settings(self, horizon, episode_length, split, validate_actions)
         self._observation_dim = observation_dim
         self._has_tasks = False
         zeros = torch.zeros(num_envs, dtype=torch.long, device=self.device)

@@ -14,14 +14,14 @@ from tensordict import TensorDict, TensorDictBase
 from torchrl.data import Bounded, Categorical, Composite
 from torchrl.envs import EnvBase
 
-from rl3_torchrl._validation import check_choice, check_int
+from rl3_torchrl._validation import check_int
 from rl3_torchrl.envs.meta_env import (
     EPISODE_STEP_KEY,
     INNER_DONE_KEY,
     INNER_TERMINATED_KEY,
     MAX_SEED,
     META_STEP_KEY,
-    SPLITS,
+    _set_trial_settings,
     _trial_entries,
     stream_seed,
 )
@@ -129,12 +129,7 @@ class TrialEnv(EnvBase):
         super().__init__(device=env.device if device is None else device, batch_size=env.batch_size)
         self.env = env
         self.task_sampler = task_sampler
-        self.horizon = check_int("horizon", horizon, low=1)
-        self.episode_length = None if episode_length is None else check_int("episode_length", episode_length, low=1)
-        self.split = check_choice("split", split, SPLITS)
-        if validate_actions is None:
-            validate_actions = self.device is None or self.device.type == "cpu"
-        self.validate_actions = bool(validate_actions)
+        _set_trial_settings(self, horizon, episode_length, split, validate_actions)
         observations = list(env.full_observation_spec.keys(True, True))
         self.reached_keys = observations if reached_keys is None else list(reached_keys)
         for key in self.reached_keys:
